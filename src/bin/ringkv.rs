@@ -1,0 +1,154 @@
+//! The `ringkv` command line: `ringkv server` runs a node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ringkv::config::{Config, EngineKind, FsyncPolicy};
+use ringkv::node::Node;
+use tracing_subscriber::EnvFilter;
+
+/// ringkv: a Dynamo-style replicated key-value store that speaks the Redis protocol.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
+    Server(ServerArgs),
+}
+
+/// Flags override the config file; each flag can also be set through the
+/// environment variable named in its help.
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// TOML config file (every setting, see README); flags and RINGKV_* override it.
+    #[arg(long, env = "RINGKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// Name of this node [default: node1].
+    #[arg(long, env = "RINGKV_NODE_NAME")]
+    node_name: Option<String>,
+    /// Redis-protocol listen address [default: 127.0.0.1:7379].
+    #[arg(long, env = "RINGKV_RESP_ADDR")]
+    resp_addr: Option<SocketAddr>,
+    /// HTTP (health, metrics) listen address [default: 127.0.0.1:7380].
+    #[arg(long, env = "RINGKV_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Data directory [default: ./ringkv-data].
+    #[arg(long, env = "RINGKV_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Storage engine [default: fjall].
+    #[arg(long, env = "RINGKV_ENGINE", value_enum)]
+    engine: Option<EngineKind>,
+    /// When writes are fsynced [default: everysec].
+    #[arg(long, env = "RINGKV_FSYNC", value_enum)]
+    fsync: Option<FsyncPolicy>,
+    /// Password clients must send with AUTH.
+    #[arg(long, env = "RINGKV_REQUIREPASS", hide_env_values = true)]
+    requirepass: Option<String>,
+    /// Largest value in bytes [default: 1048576].
+    #[arg(long, env = "RINGKV_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<usize>,
+    /// Largest key in bytes [default: 8192].
+    #[arg(long, env = "RINGKV_MAX_KEY_BYTES")]
+    max_key_bytes: Option<usize>,
+    /// Most simultaneous client connections [default: 10000].
+    #[arg(long, env = "RINGKV_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+}
+
+impl ServerArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        let set = |slot: &mut _, value: Option<_>| {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        };
+        let node = &mut config.node;
+        if let Some(v) = self.node_name {
+            node.name = v;
+        }
+        set(&mut node.resp_addr, self.resp_addr);
+        set(&mut node.http_addr, self.http_addr);
+        if self.requirepass.is_some() {
+            node.requirepass = self.requirepass;
+        }
+        let storage = &mut config.storage;
+        if let Some(v) = self.data_dir {
+            storage.data_dir = v;
+        }
+        if let Some(v) = self.engine {
+            storage.engine = v;
+        }
+        if let Some(v) = self.fsync {
+            storage.fsync = v;
+        }
+        let limits = &mut config.limits;
+        for (slot, value) in [
+            (&mut limits.max_value_bytes, self.max_value_bytes),
+            (&mut limits.max_key_bytes, self.max_key_bytes),
+            (&mut limits.max_connections, self.max_connections),
+        ] {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("installing the SIGINT handler")?; Ok("SIGINT") }
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let node = Node::start(config.clone()).await?;
+    tracing::info!(
+        resp_addr = %node.resp_addr(),
+        http_addr = %node.http_addr(),
+        engine = ?config.storage.engine,
+        fsync = ?config.storage.fsync,
+        data_dir = %config.storage.data_dir.display(),
+        "ringkv ready"
+    );
+    let signal = wait_for_signal().await?;
+    tracing::info!(
+        signal,
+        "shutting down: closing connections and flushing data"
+    );
+    node.shutdown().await.context("final flush failed")?;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("RINGKV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Server(args) => runtime.block_on(run_server(args)),
+    }
+}

@@ -1,0 +1,378 @@
+//! Configuration: one serde TOML tree, validated at start-up.
+//!
+//! Precedence: built-in defaults < the TOML file < `RINGKV_*` environment
+//! variables < command-line flags (the last two are applied by the binary).
+//! Invariant: a [`Config`] that passed [`Config::validate`] is internally
+//! consistent; nothing downstream re-checks it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ring::MAX_PARTITIONS;
+use crate::storage::keys::MAX_KEYSPACE_NAME_BYTES;
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's identity and addresses.
+    pub node: NodeConfig,
+    /// Where and how data is stored.
+    pub storage: StorageConfig,
+    /// Bounds on everything a client can send.
+    pub limits: LimitsConfig,
+    /// Cluster-wide constants.
+    pub cluster: ClusterConfig,
+    /// Keyspaces besides `default` (which always exists; listing it here
+    /// overrides its properties).
+    pub keyspaces: Vec<KeyspaceConfig>,
+}
+
+/// Identity and listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique name of this node in the cluster. Default: `node1`.
+    pub name: String,
+    /// Redis-protocol listener. Default: `127.0.0.1:7379`.
+    pub resp_addr: SocketAddr,
+    /// HTTP listener (health, metrics). Default: `127.0.0.1:7380`.
+    pub http_addr: SocketAddr,
+    /// Password clients must give with AUTH before anything else. Default: none.
+    pub requirepass: Option<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            name: "node1".into(),
+            resp_addr: SocketAddr::from(([127, 0, 0, 1], 7379)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 7380)),
+            requirepass: None,
+        }
+    }
+}
+
+/// Which storage engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Durable LSM on disk (default).
+    Fjall,
+    /// RAM only; everything is lost on exit.
+    Memory,
+}
+
+/// When writes reach the disk, as Redis's `appendfsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync before every reply that acknowledges a write.
+    Always,
+    /// fsync once a second (default): a machine crash loses about a second.
+    Everysec,
+    /// Leave it to the operating system.
+    No,
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Data directory. Default: `./ringkv-data`.
+    pub data_dir: PathBuf,
+    /// Engine. Default: `fjall`.
+    pub engine: EngineKind,
+    /// Fsync policy. Default: `everysec`.
+    pub fsync: FsyncPolicy,
+    /// Block cache of the fjall engine, bytes. Default: 64 MiB.
+    pub cache_bytes: u64,
+    /// How often the expiry sweep visits the next partition, ms. Default: 10.
+    pub expiry_sweep_interval_ms: u64,
+    /// Entries the sweep examines per visit at most. Default: 1000.
+    pub expiry_sweep_batch: usize,
+    /// How long tombstones and expired values are kept before being purged,
+    /// ms. Default: 86 400 000 (1 day).
+    pub tombstone_grace_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./ringkv-data"),
+            engine: EngineKind::Fjall,
+            fsync: FsyncPolicy::Everysec,
+            cache_bytes: 64 << 20,
+            expiry_sweep_interval_ms: 10,
+            expiry_sweep_batch: 1000,
+            tombstone_grace_ms: 86_400_000,
+        }
+    }
+}
+
+/// Limits on client input and resources.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest key, bytes. Default: 8192.
+    pub max_key_bytes: usize,
+    /// Largest value, bytes. Default: 1 MiB.
+    pub max_value_bytes: usize,
+    /// Largest bulk string the protocol accepts, bytes; past it the
+    /// connection is closed with a protocol error. Default: 16 MiB.
+    pub max_bulk_bytes: usize,
+    /// Most arguments in one command. Default: 1 048 576.
+    pub max_multibulk_len: usize,
+    /// Longest inline command line, bytes. Default: 65 536.
+    pub max_inline_bytes: usize,
+    /// Most simultaneous client connections. Default: 10 000.
+    pub max_connections: usize,
+    /// Bytes of replies a connection may buffer before they are written out.
+    /// Default: 1 MiB.
+    pub max_reply_buffer_bytes: usize,
+    /// A timestamp further ahead than this is refused, ms. Default: 60 000.
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 8192,
+            max_value_bytes: 1 << 20,
+            max_bulk_bytes: 16 << 20,
+            max_multibulk_len: 1 << 20,
+            max_inline_bytes: 64 << 10,
+            max_connections: 10_000,
+            max_reply_buffer_bytes: 1 << 20,
+            max_clock_skew_ms: 60_000,
+        }
+    }
+}
+
+/// Constants fixed when the cluster is created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Number of partitions `Q`, a power of two. Default: 1024.
+    pub partitions: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self { partitions: 1024 }
+    }
+}
+
+/// A keyspace and its properties.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeyspaceConfig {
+    /// Name (1 to 255 bytes of `[A-Za-z0-9_-]`).
+    pub name: String,
+    /// Replication factor. Default: 3 (a single node serves with n = 1).
+    pub n: u32,
+    /// Default TTL for new keys, seconds; 0 means none. Default: 0.
+    pub default_ttl_secs: u64,
+}
+
+impl Default for KeyspaceConfig {
+    fn default() -> Self {
+        Self {
+            name: "default".into(),
+            n: 3,
+            default_ttl_secs: 0,
+        }
+    }
+}
+
+/// A configuration that can't be used, and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde said, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; missing fields take their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks every field and their combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        let l = &self.limits;
+        let q = self.cluster.partitions;
+        if !q.is_power_of_two() || q > MAX_PARTITIONS {
+            return fail(format!(
+                "cluster.partitions = {q}: must be a power of two between 1 and {MAX_PARTITIONS}"
+            ));
+        }
+        if l.max_key_bytes == 0 || l.max_key_bytes > l.max_bulk_bytes {
+            return fail(format!(
+                "limits.max_key_bytes = {}: must be between 1 and limits.max_bulk_bytes ({})",
+                l.max_key_bytes, l.max_bulk_bytes
+            ));
+        }
+        if l.max_value_bytes > l.max_bulk_bytes {
+            return fail(format!(
+                "limits.max_value_bytes = {} is larger than limits.max_bulk_bytes = {}: raise max_bulk_bytes too",
+                l.max_value_bytes, l.max_bulk_bytes
+            ));
+        }
+        if l.max_connections == 0 || l.max_multibulk_len == 0 || l.max_inline_bytes < 16 {
+            return fail(
+                "limits.max_connections and max_multibulk_len must be at least 1, max_inline_bytes at least 16"
+                    .into(),
+            );
+        }
+        if self.storage.expiry_sweep_interval_ms == 0 || self.storage.expiry_sweep_batch == 0 {
+            return fail(
+                "storage.expiry_sweep_interval_ms and expiry_sweep_batch must be at least 1".into(),
+            );
+        }
+        if self.node.name.is_empty() {
+            return fail("node.name must not be empty".into());
+        }
+        if self.node.requirepass.as_deref() == Some("") {
+            return fail(
+                "node.requirepass is empty: remove it to disable AUTH, or set a password".into(),
+            );
+        }
+        self.validate_keyspaces()
+    }
+
+    fn validate_keyspaces(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for ks in &self.keyspaces {
+            let valid_name = !ks.name.is_empty()
+                && ks.name.len() <= MAX_KEYSPACE_NAME_BYTES
+                && ks
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid_name {
+                return Err(ConfigError::Invalid(format!(
+                    "keyspace name {:?}: use 1 to {MAX_KEYSPACE_NAME_BYTES} characters of A-Z a-z 0-9 _ -",
+                    ks.name
+                )));
+            }
+            if !seen.insert(ks.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "keyspace {:?} is listed twice",
+                    ks.name
+                )));
+            }
+            if ks.n == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "keyspace {:?}: n must be at least 1",
+                    ks.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every keyspace, `default` first, then the others in file order.
+    pub fn all_keyspaces(&self) -> Vec<KeyspaceConfig> {
+        let default = self
+            .keyspaces
+            .iter()
+            .find(|k| k.name == "default")
+            .cloned()
+            .unwrap_or_default();
+        std::iter::once(default)
+            .chain(
+                self.keyspaces
+                    .iter()
+                    .filter(|k| k.name != "default")
+                    .cloned(),
+            )
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn parses_partial_toml() {
+        let c: Config = toml::from_str(
+            "[storage]\nengine = \"memory\"\n[[keyspaces]]\nname = \"cache\"\nn = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.storage.engine, EngineKind::Memory);
+        assert_eq!(c.storage.fsync, FsyncPolicy::Everysec);
+        let names: Vec<_> = c.all_keyspaces().into_iter().map(|k| k.name).collect();
+        assert_eq!(names, ["default", "cache"]);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let err = toml::from_str::<Config>("[storage]\nengin = \"memory\"\n").unwrap_err();
+        assert!(err.to_string().contains("engin"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_say_what_to_fix() {
+        let mut c = Config::default();
+        c.cluster.partitions = 1000;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("power of two")
+        );
+        let mut c = Config::default();
+        c.limits.max_value_bytes = 64 << 20;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_bulk_bytes")
+        );
+        let mut c = Config::default();
+        c.keyspaces.push(KeyspaceConfig {
+            name: "bad name".into(),
+            ..Default::default()
+        });
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("keyspace name")
+        );
+    }
+}

@@ -1,0 +1,442 @@
+//! The store of a single node: every keyspace has one replica, here.
+//!
+//! Invariant: all writes of one key go through the key's stripe lock, so the
+//! read-evaluate-write of a command is atomic, and `live_keys` moves exactly
+//! when a key changes between holding a value and holding none.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{
+    Decision, Entry, KeyspaceId, Keyspaces, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
+};
+use crate::config::FsyncPolicy;
+use crate::ring;
+use crate::storage::{Durability, Engine, keys};
+use crate::version::{Hlc, NodeId, Payload, Record, Version};
+
+const LOCK_STRIPES: usize = 4096;
+
+/// What a [`LocalStore`] is built from.
+pub struct LocalStoreConfig {
+    /// The engine holding the data.
+    pub engine: Arc<dyn Engine>,
+    /// This node's clock.
+    pub hlc: Arc<Hlc>,
+    /// This node's id (ties between equal timestamps).
+    pub node: NodeId,
+    /// Partition count `Q`.
+    pub partitions: u32,
+    /// The keyspaces served.
+    pub keyspaces: Keyspaces,
+    /// The fsync policy [`Store::commit`] applies.
+    pub fsync: FsyncPolicy,
+}
+
+/// A single node's store over one engine.
+pub struct LocalStore {
+    engine: Arc<dyn Engine>,
+    hlc: Arc<Hlc>,
+    node: NodeId,
+    partitions: u32,
+    keyspaces: Keyspaces,
+    fsync: FsyncPolicy,
+    // NOTE: std-style blocking locks, never held across an await; they only
+    // cover the synchronous read-evaluate-write of one key.
+    stripes: Box<[Mutex<()>]>,
+    live_keys: Box<[AtomicI64]>,
+    /// Set by every write, cleared by the commit that makes it durable.
+    dirty: AtomicBool,
+}
+
+impl std::fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("engine", &self.engine.kind())
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a key lives and which lock guards it.
+struct Located {
+    storage_key: Vec<u8>,
+    stripe: usize,
+}
+
+impl LocalStore {
+    /// Opens the store, counting the keys already in the engine.
+    pub fn open(config: LocalStoreConfig) -> Result<Self, StoreError> {
+        let store = Self {
+            live_keys: (0..config.keyspaces.len())
+                .map(|_| AtomicI64::new(0))
+                .collect(),
+            engine: config.engine,
+            hlc: config.hlc,
+            node: config.node,
+            partitions: config.partitions,
+            keyspaces: config.keyspaces,
+            fsync: config.fsync,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            dirty: AtomicBool::new(false),
+        };
+        store.count_keys()?;
+        Ok(store)
+    }
+
+    /// The engine underneath (for the expiry sweep).
+    pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// The node's clock.
+    pub fn hlc(&self) -> &Arc<Hlc> {
+        &self.hlc
+    }
+
+    fn count_keys(&self) -> Result<(), StoreError> {
+        let mut cursor = Vec::new();
+        loop {
+            let page = self.engine.scan(&cursor, None, 4096)?;
+            let Some((last, _)) = page.last() else {
+                return Ok(());
+            };
+            cursor = keys::successor(last);
+            for (raw_key, raw_record) in page {
+                let Some(decoded) = keys::decode(&raw_key) else {
+                    continue;
+                };
+                let record = Record::decode(raw_record)?;
+                let id = self.keyspaces.resolve(&decoded.keyspace);
+                if let (Some(id), Payload::Value(_)) = (id, &record.payload) {
+                    self.live_keys[id].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn locate(&self, ks: KeyspaceId, key: &[u8]) -> Located {
+        let name = &self.keyspaces.get(ks).name;
+        let hash = ring::key_hash(name, key);
+        let partition = ring::partition_of_hash(hash, self.partitions);
+        Located {
+            storage_key: keys::encode(partition, name, key),
+            stripe: (hash as usize) % LOCK_STRIPES,
+        }
+    }
+
+    fn read_record(&self, storage_key: &[u8]) -> Result<Option<Record>, StoreError> {
+        match self.engine.get(storage_key)? {
+            Some(raw) => Ok(Some(Record::decode(raw)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn live_entry(record: Option<&Record>, now_ms: u64) -> Option<Entry> {
+        let record = record?;
+        record.live_value(now_ms).map(|value| Entry {
+            value: value.clone(),
+            expiry_ms: record.expiry_ms,
+        })
+    }
+
+    /// Replaces the stored record of `storage_key` under its stripe lock,
+    /// keeping the key count right. Used by writes and the expiry sweep.
+    pub(crate) fn replace_locked(
+        &self,
+        ks: KeyspaceId,
+        storage_key: &[u8],
+        old: Option<&Record>,
+        new: Option<&Record>,
+    ) -> Result<(), StoreError> {
+        match new {
+            Some(record) => self.engine.put(storage_key, record.encode())?,
+            None => self.engine.remove(storage_key)?,
+        }
+        let is_value =
+            |r: Option<&Record>| r.is_some_and(|r| matches!(r.payload, Payload::Value(_)));
+        match (is_value(old), is_value(new)) {
+            (false, true) => self.live_keys[ks].fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.live_keys[ks].fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Runs `f` with the lock of the stripe that guards `stripe_of(storage_key)`.
+    pub(crate) fn with_key_lock<T>(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> T {
+        let located = self.locate(ks, key);
+        let _guard = self.stripes[located.stripe].lock();
+        f(&located.storage_key)
+    }
+
+    fn write_sync(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        cmd: &WriteCmd,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.with_key_lock(ks, key, |storage_key| {
+            let now = self.hlc.wall_ms();
+            let old = self.read_record(storage_key)?;
+            let previous = Self::live_entry(old.as_ref(), now);
+            let version = || Version {
+                timestamp: self.hlc.now(),
+                node: self.node,
+            };
+            let new = match cmd.evaluate(previous.as_ref(), now) {
+                Decision::Skip => {
+                    return Ok(WriteOutcome {
+                        applied: false,
+                        previous,
+                    });
+                }
+                Decision::Put { value, expiry_ms } => Record::value(version(), value, expiry_ms),
+                Decision::Delete => Record::tombstone(version()),
+            };
+            // NOTE: merge, not overwrite: a stored record from the future (a
+            // clock that stepped back) must not be silently replaced by an older one.
+            let merged = match &old {
+                Some(old) => old.clone().merge(new),
+                None => new,
+            };
+            self.replace_locked(ks, storage_key, old.as_ref(), Some(&merged))?;
+            Ok(WriteOutcome {
+                applied: true,
+                previous,
+            })
+        })
+    }
+
+    fn commit_sync(&self) -> Result<(), StoreError> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let durability = match self.fsync {
+            FsyncPolicy::Always => Durability::Sync,
+            FsyncPolicy::Everysec | FsyncPolicy::No => Durability::Buffer,
+        };
+        if let Err(e) = self.engine.flush(durability) {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// fsyncs everything written so far (the `everysec` task and shutdown).
+    pub fn sync_to_disk(&self) -> Result<(), StoreError> {
+        Ok(self.engine.flush(Durability::Sync)?)
+    }
+}
+
+impl Store for LocalStore {
+    fn keyspaces(&self) -> &Keyspaces {
+        &self.keyspaces
+    }
+
+    async fn get(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let located = self.locate(ks, key);
+        let record = self.read_record(&located.storage_key)?;
+        Ok(Self::live_entry(record.as_ref(), self.hlc.wall_ms()))
+    }
+
+    async fn write(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        cmd: WriteCmd,
+    ) -> Result<WriteOutcome, StoreError> {
+        self.write_sync(ks, key, &cmd)
+    }
+
+    async fn dbsize(&self, ks: KeyspaceId) -> Result<u64, StoreError> {
+        Ok(self.live_keys[ks].load(Ordering::Relaxed).max(0) as u64)
+    }
+
+    async fn commit(&self) -> Result<(), StoreError> {
+        if self.fsync == FsyncPolicy::Always {
+            // IMPORTANT: an fsync blocks; keep the other connections on this
+            // worker thread running while it does.
+            tokio::task::block_in_place(|| self.commit_sync())
+        } else {
+            self.commit_sync()
+        }
+    }
+
+    fn replication(&self, _ks: KeyspaceId) -> u32 {
+        1
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            engine: self.engine.kind(),
+            engine_bytes: self.engine.size_bytes(),
+            keys: self
+                .live_keys
+                .iter()
+                .map(|k| k.load(Ordering::Relaxed).max(0) as u64)
+                .collect(),
+            expired_reclaimed: 0,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.hlc.wall_ms()
+    }
+}
+
+/// Helpers for building a store in tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::config::KeyspaceConfig;
+    use crate::storage::MemoryEngine;
+    use crate::version::ManualClock;
+    use bytes::Bytes;
+
+    pub(crate) fn memory_store(clock: Arc<ManualClock>) -> LocalStore {
+        LocalStore::open(LocalStoreConfig {
+            engine: Arc::new(MemoryEngine::new()),
+            hlc: Arc::new(Hlc::new(clock, 60_000)),
+            node: 1,
+            partitions: 1024,
+            keyspaces: Keyspaces::new(vec![
+                KeyspaceConfig::default(),
+                KeyspaceConfig {
+                    name: "other".into(),
+                    ..Default::default()
+                },
+            ]),
+            fsync: FsyncPolicy::Everysec,
+        })
+        .unwrap()
+    }
+
+    pub(crate) fn set(value: &'static [u8]) -> WriteCmd {
+        WriteCmd::Set {
+            value: Bytes::from_static(value),
+            expiry: super::super::ExpiryUpdate::Clear,
+            condition: super::super::SetCondition::Always,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::coordinator::{ExpireCondition, ExpiryUpdate, SetCondition};
+    use crate::version::ManualClock;
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn set_get_delete_and_count() {
+        let store = memory_store(Arc::new(ManualClock::new(1_000)));
+        assert_eq!(store.get(0, b"k").await.unwrap(), None);
+        assert!(store.write(0, b"k", set(b"v")).await.unwrap().applied);
+        assert_eq!(store.get(0, b"k").await.unwrap().unwrap().value, "v");
+        assert_eq!(
+            store.get(1, b"k").await.unwrap(),
+            None,
+            "keyspaces are separate"
+        );
+        assert_eq!(store.dbsize(0).await.unwrap(), 1);
+        let out = store.write(0, b"k", WriteCmd::Delete).await.unwrap();
+        assert_eq!(out.previous.unwrap().value, "v");
+        assert_eq!(store.get(0, b"k").await.unwrap(), None);
+        assert_eq!(store.dbsize(0).await.unwrap(), 0);
+        assert!(
+            !store
+                .write(0, b"k", WriteCmd::Delete)
+                .await
+                .unwrap()
+                .applied
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_key_is_never_returned() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let store = memory_store(clock.clone());
+        let cmd = WriteCmd::Set {
+            value: Bytes::from_static(b"v"),
+            expiry: ExpiryUpdate::At(1_500),
+            condition: SetCondition::Always,
+        };
+        store.write(0, b"k", cmd).await.unwrap();
+        clock.set(1_500);
+        assert!(store.get(0, b"k").await.unwrap().is_some());
+        clock.set(1_501);
+        assert_eq!(store.get(0, b"k").await.unwrap(), None);
+        let nx = WriteCmd::Set {
+            value: Bytes::from_static(b"w"),
+            expiry: ExpiryUpdate::Clear,
+            condition: SetCondition::IfAbsent,
+        };
+        assert!(
+            store.write(0, b"k", nx).await.unwrap().applied,
+            "an expired key is absent"
+        );
+        assert_eq!(store.dbsize(0).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn expire_in_the_past_deletes() {
+        let store = memory_store(Arc::new(ManualClock::new(1_000)));
+        store.write(0, b"k", set(b"v")).await.unwrap();
+        let cmd = WriteCmd::Expire {
+            at_ms: Some(10),
+            condition: ExpireCondition::Always,
+        };
+        assert!(store.write(0, b"k", cmd).await.unwrap().applied);
+        assert_eq!(store.get(0, b"k").await.unwrap(), None);
+        assert_eq!(store.dbsize(0).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stored_record_from_the_future_is_not_overwritten_by_an_older_write() {
+        let clock = Arc::new(ManualClock::new(10_000));
+        let store = memory_store(clock.clone());
+        store.write(0, b"k", set(b"future")).await.unwrap();
+        // A fresh node with a clock behind, over the same data, must still order
+        // its writes after what it reads: the HLC has not seen that record, but
+        // merge keeps whichever version is greater.
+        clock.set(5_000);
+        store.write(0, b"k", set(b"later")).await.unwrap();
+        assert_eq!(store.get(0, b"k").await.unwrap().unwrap().value, "later");
+    }
+
+    #[tokio::test]
+    async fn key_count_is_rebuilt_on_open() {
+        let engine: Arc<dyn Engine> = Arc::new(crate::storage::MemoryEngine::new());
+        let open = |engine: Arc<dyn Engine>| {
+            LocalStore::open(LocalStoreConfig {
+                engine,
+                hlc: Arc::new(Hlc::new(Arc::new(ManualClock::new(1_000)), 60_000)),
+                node: 1,
+                partitions: 1024,
+                keyspaces: Keyspaces::new(vec![Default::default()]),
+                fsync: FsyncPolicy::No,
+            })
+            .unwrap()
+        };
+        let store = open(engine.clone());
+        for i in 0..100u32 {
+            store.write(0, &i.to_be_bytes(), set(b"v")).await.unwrap();
+        }
+        store
+            .write(0, &7u32.to_be_bytes(), WriteCmd::Delete)
+            .await
+            .unwrap();
+        drop(store);
+        assert_eq!(open(engine).dbsize(0).await.unwrap(), 99);
+    }
+}

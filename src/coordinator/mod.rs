@@ -1,0 +1,162 @@
+//! The store interface the front doors (RESP, HTTP) call, and its local
+//! implementation.
+//!
+//! Front doors never touch an [`crate::storage::Engine`]: they call a
+//! [`Store`]. Today that is [`LocalStore`], a cluster of one with n = 1; the
+//! quorum coordinator implements the same trait. Invariant: a `Store` call
+//! that returns `Ok` for a write has applied it on the node's engine, and it
+//! is as durable as the fsync policy promises once [`Store::commit`] returns.
+
+mod command;
+mod level;
+mod local;
+mod sweep;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::KeyspaceConfig;
+use crate::storage::StorageError;
+use crate::version::{ClockSkewError, RecordError};
+
+pub use command::{Decision, ExpireCondition, ExpiryUpdate, SetCondition, WriteCmd};
+pub use level::Level;
+pub use local::{LocalStore, LocalStoreConfig};
+pub use sweep::{SweepConfig, SweepHandle, spawn_expiry_sweep};
+
+/// A live value as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value.
+    pub value: Bytes,
+    /// Absolute expiry, ms since the epoch.
+    pub expiry_ms: Option<u64>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WriteOutcome {
+    /// False when a condition (NX, XX, GT, ...) or a missing key stopped it.
+    pub applied: bool,
+    /// The live entry before the write.
+    pub previous: Option<Entry>,
+}
+
+/// Index of a keyspace in [`Keyspaces`]; 0 is always `default`.
+pub type KeyspaceId = usize;
+
+/// The keyspaces this node serves, `default` first.
+#[derive(Debug, Clone)]
+pub struct Keyspaces {
+    list: Arc<[KeyspaceConfig]>,
+}
+
+impl Keyspaces {
+    /// From a validated config's [`crate::config::Config::all_keyspaces`].
+    pub fn new(list: Vec<KeyspaceConfig>) -> Self {
+        assert!(
+            list.first().is_some_and(|k| k.name == "default"),
+            "the default keyspace always comes first"
+        );
+        Self { list: list.into() }
+    }
+
+    /// Looks a keyspace up by name, or by number as in Redis's SELECT.
+    pub fn resolve(&self, name_or_index: &str) -> Option<KeyspaceId> {
+        if let Some(i) = self.list.iter().position(|k| k.name == name_or_index) {
+            return Some(i);
+        }
+        name_or_index
+            .parse::<usize>()
+            .ok()
+            .filter(|&i| i < self.list.len())
+    }
+
+    /// The keyspace's configuration. Ids come from [`Keyspaces::resolve`].
+    pub fn get(&self, id: KeyspaceId) -> &KeyspaceConfig {
+        &self.list[id]
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Never true: `default` always exists.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// All of them, `default` first.
+    pub fn iter(&self) -> impl Iterator<Item = &KeyspaceConfig> {
+        self.list.iter()
+    }
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] StorageError),
+    /// A stored record could not be read back.
+    #[error("corrupt record: {0}")]
+    Corrupt(#[from] RecordError),
+    /// A timestamp too far in the future.
+    #[error("{0}")]
+    ClockSkew(#[from] ClockSkewError),
+}
+
+/// Counters a store reports for INFO and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// Engine kind.
+    pub engine: &'static str,
+    /// Engine bytes.
+    pub engine_bytes: u64,
+    /// Keys per keyspace, in [`Keyspaces`] order (values, including expired
+    /// ones the sweep has not reclaimed yet, as Redis counts them).
+    pub keys: Vec<u64>,
+    /// Keys that have an expiry (approximate).
+    pub expired_reclaimed: u64,
+}
+
+/// Reads and writes keys; implemented locally today and by the quorum
+/// coordinator in a cluster.
+pub trait Store: Send + Sync + 'static {
+    /// The keyspaces served.
+    fn keyspaces(&self) -> &Keyspaces;
+
+    /// The live entry of `key`, if any.
+    fn get(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+
+    /// Applies `cmd` to `key` atomically with respect to other writes of it.
+    fn write(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        cmd: WriteCmd,
+    ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
+
+    /// Number of keys in the keyspace.
+    fn dbsize(&self, ks: KeyspaceId) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Makes earlier acknowledged writes as durable as the fsync policy says;
+    /// called once per batch of requests, before replies go out.
+    fn commit(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The replication factor this node serves a keyspace with.
+    fn replication(&self, ks: KeyspaceId) -> u32;
+
+    /// Counters for INFO and /metrics.
+    fn stats(&self) -> StoreStats;
+
+    /// Wall-clock ms as the store sees it (expiry arithmetic).
+    fn now_ms(&self) -> u64;
+}

@@ -1,0 +1,142 @@
+//! The HTTP front door: `GET /health` and `GET /metrics` (Prometheus text).
+//!
+//! Invariant: gauges that are cheap to read at scrape time (keys, engine
+//! bytes) are set just before rendering, so they are never stale.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::coordinator::StoreStats;
+
+/// Buckets of the latency histograms, seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+///
+/// Must run before the first metric handle is created, or that handle
+/// records nowhere. A background thread drains histograms every 5 s.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .ok();
+            handle
+        })
+        .clone()
+}
+
+/// What the HTTP handlers read.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Name of this node.
+    pub node_name: String,
+    /// Keyspace names, in `StoreStats::keys` order.
+    pub keyspace_names: Vec<String>,
+    /// Reads the store's counters.
+    pub stats: Arc<dyn Fn() -> StoreStats + Send + Sync>,
+    /// Renders Prometheus text.
+    pub metrics: PrometheusHandle,
+}
+
+/// A running HTTP server.
+#[derive(Debug)]
+pub struct HttpServerHandle {
+    addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl HttpServerHandle {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn health(State(state): State<HttpState>) -> impl IntoResponse {
+    let stats = (state.stats)();
+    let body = format!(
+        "{{\"status\":\"ok\",\"node\":{:?},\"engine\":{:?},\"keys\":{}}}\n",
+        state.node_name,
+        stats.engine,
+        stats.keys.iter().sum::<u64>()
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
+    let stats = (state.stats)();
+    metrics::gauge!("ringkv_engine_bytes").set(stats.engine_bytes as f64);
+    for (name, keys) in state.keyspace_names.iter().zip(&stats.keys) {
+        metrics::gauge!("ringkv_keys", "keyspace" => name.clone()).set(*keys as f64);
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Binds `addr` and serves until shut down.
+pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<HttpServerHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .with_state(state);
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = shutdown_rx.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "http server failed");
+        }
+    });
+    tracing::info!(%addr, "http server listening");
+    Ok(HttpServerHandle {
+        addr,
+        shutdown_tx,
+        task,
+    })
+}

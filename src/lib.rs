@@ -1,0 +1,28 @@
+//! ringkv: a Dynamo-style, leaderless, replicated key-value store that
+//! speaks the Redis protocol.
+//!
+//! Today a node is a cluster of one (n = 1); the front doors already talk to
+//! a [`coordinator::Store`] so the quorum coordinator slots in underneath.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration tree and its validation.
+//! - [`ring`]: partitions (pure): which partition a key lives in.
+//! - [`version`]: hybrid logical clocks and last-write-wins records (pure).
+//! - [`storage`]: the `Engine` trait, the fjall and memory engines, key layout.
+//! - [`coordinator`]: the `Store` trait, the local store, command semantics,
+//!   the expiry sweep.
+//! - [`resp`]: the Redis protocol: codec, frames, commands, server.
+//! - [`http`]: `/health` and `/metrics`.
+//! - [`node`]: wires one node together from a config; start and shutdown.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod coordinator;
+pub mod http;
+pub mod node;
+pub mod resp;
+pub mod ring;
+pub mod storage;
+pub mod version;

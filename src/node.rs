@@ -1,0 +1,217 @@
+//! One ringkv node wired together from a [`Config`]: engine, store, expiry
+//! sweep, fsync task, RESP and HTTP servers.
+//!
+//! Invariant: [`Node::shutdown`] stops the front doors before the final
+//! fsync, so every write acknowledged before it returns is on disk.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
+use crate::coordinator::{
+    Keyspaces, LocalStore, LocalStoreConfig, Store, StoreError, SweepConfig, SweepHandle,
+    spawn_expiry_sweep,
+};
+use crate::http::{HttpServerHandle, HttpState, metrics_handle, spawn_http};
+use crate::resp::codec::DecodeLimits;
+use crate::resp::{RespConfig, RespServer, RespServerHandle};
+use crate::storage::{Engine, FjallEngine, MemoryEngine, StorageError};
+use crate::version::{Hlc, SystemClock};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The storage engine could not open.
+    #[error("cannot open storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The store could not load.
+    #[error("cannot load data: {0}")]
+    Store(#[from] StoreError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    store: Arc<LocalStore>,
+    resp: RespServerHandle,
+    http: HttpServerHandle,
+    sweep: SweepHandle,
+    fsync_stop_tx: watch::Sender<bool>,
+    fsync_task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("resp", &self.resp.local_addr())
+            .field("http", &self.http.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
+    Ok(match config.storage.engine {
+        EngineKind::Memory => Arc::new(MemoryEngine::new()),
+        EngineKind::Fjall => Arc::new(FjallEngine::open(
+            &config.storage.data_dir,
+            config.storage.cache_bytes,
+        )?),
+    })
+}
+
+/// The node id used to break timestamp ties: a hash of the node's name.
+fn node_id(name: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) >> 32) as u32
+}
+
+impl Node {
+    /// Validates `config`, opens the data and starts serving.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        config.validate()?;
+        let metrics = metrics_handle();
+        let engine = open_engine(&config)?;
+        let engine_kind = engine.kind();
+        let keyspaces = Keyspaces::new(config.all_keyspaces());
+        let clock = Arc::new(SystemClock);
+        let store = Arc::new(LocalStore::open(LocalStoreConfig {
+            engine,
+            hlc: Arc::new(Hlc::new(clock, config.limits.max_clock_skew_ms)),
+            node: node_id(&config.node.name),
+            partitions: config.cluster.partitions,
+            keyspaces: keyspaces.clone(),
+            fsync: config.storage.fsync,
+        })?);
+        let keys: u64 = store.stats().keys.iter().sum();
+        tracing::info!(engine = engine_kind, keys, "data loaded");
+        let sweep = spawn_expiry_sweep(
+            store.clone(),
+            SweepConfig {
+                interval: Duration::from_millis(config.storage.expiry_sweep_interval_ms),
+                batch: config.storage.expiry_sweep_batch,
+                tombstone_grace_ms: config.storage.tombstone_grace_ms,
+                partitions: config.cluster.partitions,
+            },
+        );
+        let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
+        let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
+            .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
+        let resp = start_resp(&config, engine_kind, store.clone()).await?;
+        let stats_store = store.clone();
+        let http_state = HttpState {
+            node_name: config.node.name.clone(),
+            keyspace_names: keyspaces.iter().map(|k| k.name.clone()).collect(),
+            stats: Arc::new(move || stats_store.stats()),
+            metrics,
+        };
+        let http = spawn_http(config.node.http_addr, http_state)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.node.http_addr,
+                source,
+            })?;
+        Ok(Node {
+            store,
+            resp,
+            http,
+            sweep,
+            fsync_stop_tx,
+            fsync_task,
+        })
+    }
+
+    /// Where the RESP server listens.
+    pub fn resp_addr(&self) -> SocketAddr {
+        self.resp.local_addr()
+    }
+
+    /// Where the HTTP server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// Stops serving, then fsyncs everything.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        self.resp.shutdown().await;
+        self.http.shutdown().await;
+        self.sweep.shutdown().await;
+        let _ = self.fsync_stop_tx.send(true);
+        if let Some(task) = self.fsync_task {
+            let _ = task.await;
+        }
+        // IMPORTANT: the last step, after no more writes can arrive.
+        let store = self.store;
+        tokio::task::spawn_blocking(move || store.sync_to_disk())
+            .await
+            .map_err(|e| {
+                StoreError::Storage(StorageError::DataDir {
+                    path: "shutdown".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
+    }
+}
+
+async fn start_resp(
+    config: &Config,
+    engine: &'static str,
+    store: Arc<LocalStore>,
+) -> Result<RespServerHandle, StartError> {
+    let l = &config.limits;
+    let resp_config = RespConfig {
+        addr: config.node.resp_addr,
+        requirepass: config.node.requirepass.clone(),
+        max_key_bytes: l.max_key_bytes,
+        max_value_bytes: l.max_value_bytes,
+        decode_limits: DecodeLimits {
+            max_bulk_bytes: l.max_bulk_bytes,
+            max_multibulk_len: l.max_multibulk_len,
+            max_inline_bytes: l.max_inline_bytes,
+        },
+        max_connections: l.max_connections,
+        max_reply_buffer_bytes: l.max_reply_buffer_bytes,
+        node_name: config.node.name.clone(),
+        fsync: config.storage.fsync,
+        engine,
+    };
+    let bind_err = |source| StartError::Bind {
+        addr: config.node.resp_addr,
+        source,
+    };
+    RespServer::bind(resp_config, store)
+        .await
+        .map_err(bind_err)?
+        .spawn()
+        .map_err(bind_err)
+}
+
+/// The `everysec` policy: fsync once a second off the request path.
+async fn fsync_every_second(store: Arc<LocalStore>, mut stop_rx: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop_rx.changed() => return,
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sync_to_disk()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "background fsync failed"),
+            Err(e) => tracing::error!(error = %e, "background fsync task failed"),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Storage engines: an ordered, durable byte map under every replica.
+//!
+//! The [`Engine`] trait is the storage seam (STYLE.md rule 7): the fjall LSM
+//! ([`FjallEngine`], durable, the default) and an in-memory map
+//! ([`MemoryEngine`]) implement it, and one test suite runs against both.
+//! Keys are laid out by [`keys`] so that one partition is one contiguous
+//! range. Invariant: a [`Engine::flush`] with [`Durability::Sync`] returns only
+//! once every earlier write is on stable storage.
+
+mod fjall_engine;
+pub mod keys;
+mod memory;
+#[cfg(test)]
+mod suite;
+
+use bytes::Bytes;
+
+pub use fjall_engine::FjallEngine;
+pub use memory::MemoryEngine;
+
+/// How far [`Engine::flush`] pushes earlier writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Into the operating system: survives a crash of the process.
+    Buffer,
+    /// Onto the disk (fsync): survives a crash of the machine.
+    Sync,
+}
+
+/// A storage failure. Always reported to the client, never swallowed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The LSM engine failed.
+    #[error("fjall: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// The data directory could not be used.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// One key and its stored bytes.
+pub type KeyValue = (Bytes, Bytes);
+
+/// An ordered byte map. Implementations are internally synchronized.
+pub trait Engine: Send + Sync + 'static {
+    /// The stored bytes of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError>;
+
+    /// Stores `value` under `key`, replacing what was there.
+    fn put(&self, key: &[u8], value: Bytes) -> Result<(), StorageError>;
+
+    /// Removes `key` (physically: callers write tombstone records instead
+    /// when a delete must replicate).
+    fn remove(&self, key: &[u8]) -> Result<(), StorageError>;
+
+    /// Up to `limit` entries with `start <= key < end` (no end: to the last
+    /// key), in key order.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StorageError>;
+
+    /// Makes every earlier write at least as durable as `durability`.
+    fn flush(&self, durability: Durability) -> Result<(), StorageError>;
+
+    /// Bytes the engine occupies (on disk, or in memory for the memory engine).
+    fn size_bytes(&self) -> u64;
+
+    /// `"fjall"` or `"memory"`.
+    fn kind(&self) -> &'static str;
+}

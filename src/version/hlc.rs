@@ -1,0 +1,220 @@
+//! Hybrid logical clock (48 bits of wall-clock milliseconds, 16 logical bits).
+//!
+//! Invariant: timestamps handed out by one [`Hlc`] strictly increase, even if
+//! the wall clock steps backwards, and never trail a timestamp it observed.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Source of wall-clock time; the seam that lets tests move time by hand.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `ms`.
+    pub fn new(ms: u64) -> Self {
+        Self(AtomicU64::new(ms))
+    }
+
+    /// Sets the time.
+    pub fn set(&self, ms: u64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now_ms(&self) -> u64 {
+        (**self).now_ms()
+    }
+}
+
+/// A hybrid-logical-clock timestamp: `ms << 16 | logical`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    const LOGICAL_BITS: u32 = 16;
+
+    /// The first timestamp of millisecond `ms`.
+    pub fn from_ms(ms: u64) -> Self {
+        Self(ms << Self::LOGICAL_BITS)
+    }
+
+    /// The wall-clock millisecond part.
+    pub fn ms(self) -> u64 {
+        self.0 >> Self::LOGICAL_BITS
+    }
+
+    /// The logical counter part.
+    pub fn logical(self) -> u16 {
+        (self.0 & 0xffff) as u16
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.ms(), self.logical())
+    }
+}
+
+/// A remote timestamp too far ahead of our wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "timestamp {remote} is {ahead_ms} ms ahead of the local clock (max_clock_skew_ms = {max_skew_ms})"
+)]
+pub struct ClockSkewError {
+    /// The refused timestamp.
+    pub remote: Timestamp,
+    /// How far ahead of local wall time it is.
+    pub ahead_ms: u64,
+    /// The configured bound.
+    pub max_skew_ms: u64,
+}
+
+/// A hybrid logical clock shared by everything on one node.
+pub struct Hlc {
+    clock: Arc<dyn Clock>,
+    last: AtomicU64,
+    max_skew_ms: u64,
+}
+
+impl fmt::Debug for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hlc")
+            .field("last", &Timestamp(self.last.load(Ordering::Relaxed)))
+            .field("max_skew_ms", &self.max_skew_ms)
+            .finish()
+    }
+}
+
+impl Hlc {
+    /// A clock over `clock` that refuses remote timestamps more than
+    /// `max_skew_ms` ahead.
+    pub fn new(clock: Arc<dyn Clock>, max_skew_ms: u64) -> Self {
+        Self {
+            clock,
+            last: AtomicU64::new(0),
+            max_skew_ms,
+        }
+    }
+
+    /// Wall-clock milliseconds of the underlying clock (for expiry checks).
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// A fresh timestamp, greater than every one handed out or observed.
+    pub fn now(&self) -> Timestamp {
+        let physical = Timestamp::from_ms(self.clock.now_ms()).0;
+        let mut last = self.last.load(Ordering::Relaxed);
+        loop {
+            let next = physical.max(last + 1);
+            match self
+                .last
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Timestamp(next),
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
+    /// Checks that `remote` is not too far in the future, then advances this
+    /// clock past it so later local timestamps order after it.
+    pub fn observe(&self, remote: Timestamp) -> Result<(), ClockSkewError> {
+        let wall = self.clock.now_ms();
+        if remote.ms() > wall.saturating_add(self.max_skew_ms) {
+            tracing::warn!(%remote, wall, max_skew_ms = self.max_skew_ms, "refused timestamp from the future");
+            return Err(ClockSkewError {
+                remote,
+                ahead_ms: remote.ms() - wall,
+                max_skew_ms: self.max_skew_ms,
+            });
+        }
+        self.last.fetch_max(remote.0, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hlc(start: u64) -> (Arc<ManualClock>, Hlc) {
+        let clock = Arc::new(ManualClock::new(start));
+        let hlc = Hlc::new(clock.clone(), 1000);
+        (clock, hlc)
+    }
+
+    #[test]
+    fn strictly_increases_when_time_stands_still_or_goes_back() {
+        let (clock, hlc) = hlc(10_000);
+        let a = hlc.now();
+        let b = hlc.now();
+        clock.set(5_000);
+        let c = hlc.now();
+        assert!(a < b && b < c);
+        assert_eq!(a.ms(), 10_000);
+        assert_eq!(b.logical(), 1);
+    }
+
+    #[test]
+    fn follows_wall_clock() {
+        let (clock, hlc) = hlc(10_000);
+        hlc.now();
+        clock.advance(7);
+        assert_eq!(hlc.now(), Timestamp::from_ms(10_007));
+    }
+
+    #[test]
+    fn observe_moves_past_remote() {
+        let (_, hlc) = hlc(10_000);
+        let remote = Timestamp::from_ms(10_500);
+        hlc.observe(remote).unwrap();
+        assert!(hlc.now() > remote);
+    }
+
+    #[test]
+    fn observe_refuses_far_future() {
+        let (_, hlc) = hlc(10_000);
+        let err = hlc.observe(Timestamp::from_ms(12_000)).unwrap_err();
+        assert_eq!(err.ahead_ms, 2_000);
+        assert_eq!(
+            hlc.now().ms(),
+            10_000,
+            "a refused timestamp must not move the clock"
+        );
+    }
+}
