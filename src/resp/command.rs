@@ -90,7 +90,8 @@ pub(crate) fn parse_i64(arg: &[u8]) -> Result<i64, CmdError> {
     std::str::from_utf8(arg)
         .ok()
         .filter(|s| {
-            !s.starts_with('+') && !(s.len() > 1 && s.starts_with('0')) && !s.starts_with("-0")
+            let leading_zero = s.len() > 1 && s.starts_with('0');
+            !s.starts_with('+') && !leading_zero && !s.starts_with("-0")
         })
         .and_then(|s| s.parse::<i64>().ok())
         .ok_or_else(CmdError::not_integer)

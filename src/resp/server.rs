@@ -186,8 +186,10 @@ impl RespServerHandle {
 
 impl<S: Store> RespServer<S> {
     /// Binds the listener.
-    pub async fn bind(config: RespConfig, store: Arc<S>) -> std::io::Result<Self> {
+    pub async fn bind(mut config: RespConfig, store: Arc<S>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.addr).await?;
+        // NOTE: report the port actually bound (the config may say 0).
+        config.addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             store,
             config,
@@ -345,7 +347,8 @@ async fn run_batch<S: Store>(
             Ok(None) => return Ok(BatchEnd::NeedInput),
             Err(e) => {
                 tracing::debug!(client = session.id, error = %e, "protocol error; closing");
-                Frame::error(e.to_reply_text()).encode(session.proto, batch.output);
+                Frame::error(format!("ERR {}", e.to_reply_text()))
+                    .encode(session.proto, batch.output);
                 return Ok(BatchEnd::Close);
             }
         };
@@ -374,19 +377,17 @@ async fn finish_batch<S: Store>(
     output: &mut BytesMut,
     wrote: bool,
 ) -> std::io::Result<()> {
-    if wrote {
-        if let Err(e) = shared.store.commit().await {
-            // IMPORTANT: the writes in this batch may not be durable; do not
-            // acknowledge them.
-            tracing::error!(error = %e, "commit failed; dropping the batch's replies and closing the connection");
-            output.clear();
-            Frame::error(format!(
-                "ERR persistence failure, writes not acknowledged: {e}"
-            ))
-            .encode(Protocol::Resp2, output);
-            stream.write_all(output).await?;
-            return Err(std::io::Error::other(e.to_string()));
-        }
+    if wrote && let Err(e) = shared.store.commit().await {
+        // IMPORTANT: the writes in this batch may not be durable; do not
+        // acknowledge them.
+        tracing::error!(error = %e, "commit failed; dropping the batch's replies and closing the connection");
+        output.clear();
+        Frame::error(format!(
+            "ERR persistence failure, writes not acknowledged: {e}"
+        ))
+        .encode(Protocol::Resp2, output);
+        stream.write_all(output).await?;
+        return Err(std::io::Error::other(e.to_string()));
     }
     if !output.is_empty() {
         stream.write_all(output).await?;

@@ -209,7 +209,7 @@ pub(crate) async fn mget<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply 
 
 pub(crate) async fn mset<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     let pairs = &args[1..];
-    if pairs.len() % 2 != 0 {
+    if !pairs.len().is_multiple_of(2) {
         return Err(CmdError(
             "ERR wrong number of arguments for 'mset' command".into(),
         ));

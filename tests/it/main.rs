@@ -1,1 +1,12 @@
+//! Integration tests: real servers on `127.0.0.1:0`, real clients.
+//!
+//! Tiers: `commands`, `limits` and `http` run an in-process node per test;
+//! `durability` and `clients` run the `ringkv` binary as a child process.
 
+mod clients;
+mod commands;
+mod durability;
+mod http;
+mod limits;
+mod model;
+mod support;

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Side-by-side throughput: ringkv vs redis-server, same redis-benchmark commands, same run.
+#
+# Usage: bench/compare-redis.sh [--requests N] [--record]
+#   --requests N  requests per redis-benchmark run (default 200000)
+#   --record      also append the result table to bench/RESULTS.md
+#
+# Builds ringkv in release mode, installs redis-server/redis-tools with apt-get
+# if they are missing, starts redis-server and ringkv on free loopback ports,
+# runs each benchmark against redis then ringkv, and prints ops/s, p50 and
+# p99 for both and the ratio ringkv/redis. Stops exactly the processes it started.
+set -euo pipefail
+
+requests=200000
+record=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) requests="$2"; shift 2 ;;
+    --record) record=1; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  echo "installing redis-server and redis-tools with apt-get" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+
+cargo build --release --quiet
+bin="$root/target/release/ringkv"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_ready() { # port
+  for _ in $(seq 1 100); do
+    if redis-cli -p "$1" ping >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "server on port $1 did not start" >&2
+  return 1
+}
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$work" --logfile "$work/redis.log" &
+pids+=($!)
+wait_ready "$redis_port"
+
+start_ringkv() { # engine fsync -> sets ringkv_port and ringkv_pid
+  ringkv_port=$(free_port)
+  local http_port
+  http_port=$(free_port)
+  "$bin" server --engine "$1" --fsync "$2" --data-dir "$work/data-$1" \
+    --resp-addr "127.0.0.1:$ringkv_port" --http-addr "127.0.0.1:$http_port" \
+    2>"$work/ringkv-$1.log" &
+  ringkv_pid=$!
+  pids+=("$ringkv_pid")
+  wait_ready "$ringkv_port"
+}
+
+# One redis-benchmark run; prints "rps p50 p99" per test (SET then GET).
+run_bench() { # port extra-args...
+  local port=$1; shift
+  redis-benchmark -p "$port" -t set,get -n "$requests" -c 50 --csv "$@" 2>/dev/null |
+    awk -F'","' 'NR>1 { gsub(/"/,""); split($0,f,","); print f[1], f[2], f[5], f[7] }'
+}
+
+table="$work/table.md"
+{
+  echo "### $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), nproc $(nproc), $requests requests, 50 clients"
+  echo
+  echo "| ringkv engine | benchmark | test | redis ops/s | ringkv ops/s | ratio | redis p50/p99 ms | ringkv p50/p99 ms |"
+  echo "|---|---|---|---:|---:|---:|---|---|"
+} >"$table"
+
+for setup in "memory everysec" "fjall everysec"; do
+  set -- $setup
+  start_ringkv "$1" "$2"
+  for variant in "plain:" "pipeline 16:-P 16" "1 KiB values:-d 1024"; do
+    label=${variant%%:*}
+    args=${variant#*:}
+    # shellcheck disable=SC2086
+    redis_out=$(run_bench "$redis_port" $args)
+    # shellcheck disable=SC2086
+    ringkv_out=$(run_bench "$ringkv_port" $args)
+    paste -d' ' <(echo "$redis_out") <(echo "$ringkv_out") |
+      while read -r test r_rps r_p50 r_p99 _ k_rps k_p50 k_p99; do
+        ratio=$(awk -v a="$k_rps" -v b="$r_rps" 'BEGIN { printf "%.2f", a / b }')
+        echo "| $1 ($2) | $label | $test | $r_rps | $k_rps | ${ratio}x | $r_p50 / $r_p99 | $k_p50 / $k_p99 |"
+      done >>"$table"
+  done
+  kill "$ringkv_pid"
+  wait "$ringkv_pid" 2>/dev/null || true
+done
+
+cat "$table"
+if [ "$record" = 1 ]; then
+  { echo; cat "$table"; } >>"$root/bench/RESULTS.md"
+  echo "appended to bench/RESULTS.md" >&2
+fi
