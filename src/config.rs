@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     /// Password clients must give with AUTH before anything else. Default: none.
     pub requirepass: Option<String>,
+    /// Threads serving requests; 0 means one per CPU core. Default: 0.
+    pub worker_threads: usize,
 }
 
 impl Default for NodeConfig {
@@ -51,6 +53,7 @@ impl Default for NodeConfig {
             resp_addr: SocketAddr::from(([127, 0, 0, 1], 7379)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7380)),
             requirepass: None,
+            worker_threads: 0,
         }
     }
 }

@@ -60,6 +60,9 @@ struct ServerArgs {
     /// Most simultaneous client connections [default: 10000].
     #[arg(long, env = "RINGKV_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Threads serving requests, 0 = one per CPU core [default: 0].
+    #[arg(long, env = "RINGKV_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 impl ServerArgs {
@@ -79,6 +82,9 @@ impl ServerArgs {
         }
         set(&mut node.resp_addr, self.resp_addr);
         set(&mut node.http_addr, self.http_addr);
+        if let Some(v) = self.worker_threads {
+            node.worker_threads = v;
+        }
         if self.requirepass.is_some() {
             node.requirepass = self.requirepass;
         }
@@ -116,8 +122,7 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     }
 }
 
-async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
-    let config = args.into_config()?;
+async fn run_server(config: Config) -> anyhow::Result<()> {
     let node = Node::start(config.clone()).await?;
     tracing::info!(
         resp_addr = %node.resp_addr(),
@@ -144,11 +149,18 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     match cli.command {
-        Command::Server(args) => runtime.block_on(run_server(args)),
+        Command::Server(args) => {
+            let config = args.into_config()?;
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if config.node.worker_threads > 0 {
+                builder.worker_threads(config.node.worker_threads);
+            }
+            let runtime = builder
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(run_server(config))
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! when a key changes between holding a value and holding none.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -47,8 +47,14 @@ pub struct LocalStore {
     // cover the synchronous read-evaluate-write of one key.
     stripes: Box<[Mutex<()>]>,
     live_keys: Box<[AtomicI64]>,
-    /// Set by every write, cleared by the commit that makes it durable.
-    dirty: AtomicBool,
+    /// Group commit: writes applied so far, and how many of them a commit
+    /// has made durable. A commit flushes only if its writes are not covered
+    /// yet, so concurrent connections share one flush.
+    written: AtomicU64,
+    committed: AtomicU64,
+    // NOTE: blocking lock, never held across an await: it serialises the
+    // synchronous engine flush.
+    flush_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -80,7 +86,9 @@ impl LocalStore {
             keyspaces: config.keyspaces,
             fsync: config.fsync,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            dirty: AtomicBool::new(false),
+            written: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+            flush_lock: Mutex::new(()),
         };
         store.count_keys()?;
         Ok(store)
@@ -162,7 +170,7 @@ impl LocalStore {
             (true, false) => self.live_keys[ks].fetch_sub(1, Ordering::Relaxed),
             _ => 0,
         };
-        self.dirty.store(true, Ordering::Release);
+        self.written.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -189,7 +197,7 @@ impl LocalStore {
             let old = self.read_record(storage_key)?;
             let previous = Self::live_entry(old.as_ref(), now);
             let version = || Version {
-                timestamp: self.hlc.now(),
+                timestamp: self.hlc.now_at(now),
                 node: self.node,
             };
             let new = match cmd.evaluate(previous.as_ref(), now) {
@@ -217,17 +225,23 @@ impl LocalStore {
     }
 
     fn commit_sync(&self) -> Result<(), StoreError> {
-        if !self.dirty.swap(false, Ordering::AcqRel) {
+        // Every write this caller made happened before this load.
+        let target = self.written.load(Ordering::Acquire);
+        if self.committed.load(Ordering::Acquire) >= target {
             return Ok(());
         }
+        let _flushing = self.flush_lock.lock();
+        if self.committed.load(Ordering::Acquire) >= target {
+            // Another connection's flush covered our writes while we waited.
+            return Ok(());
+        }
+        let upto = self.written.load(Ordering::Acquire);
         let durability = match self.fsync {
             FsyncPolicy::Always => Durability::Sync,
             FsyncPolicy::Everysec | FsyncPolicy::No => Durability::Buffer,
         };
-        if let Err(e) = self.engine.flush(durability) {
-            self.dirty.store(true, Ordering::Release);
-            return Err(e.into());
-        }
+        self.engine.flush(durability)?;
+        self.committed.fetch_max(upto, Ordering::AcqRel);
         Ok(())
     }
 

@@ -123,7 +123,13 @@ fn parse_set_options(options: &[Bytes], now_ms: u64) -> Result<SetArgs, CmdError
 pub(crate) async fn set<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     let key = cx.check_key(&args[1])?;
     let value = cx.check_value(&args[2])?.clone();
-    let opts = parse_set_options(&args[3..], cx.store().now_ms())?;
+    let options = &args[3..];
+    let now = if options.is_empty() {
+        0
+    } else {
+        cx.store().now_ms()
+    };
+    let opts = parse_set_options(options, now)?;
     let expiry = opts.expiry.unwrap_or_else(|| default_expiry(cx));
     let cmd = WriteCmd::Set {
         value,

@@ -5,7 +5,7 @@
 //! power of two fixed when the cluster is created, so a key's partition never
 //! changes for the life of the data.
 
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 /// Index of a partition, `0..Q`.
 pub type PartitionId = u16;
@@ -13,8 +13,19 @@ pub type PartitionId = u16;
 /// The largest supported partition count (partition ids fit in a `u16`).
 pub const MAX_PARTITIONS: u32 = 1 << 16;
 
+/// Inputs up to this size are hashed from a stack buffer in one shot (the
+/// streaming hasher costs several times more for short keys).
+const ONE_SHOT_BYTES: usize = 256;
+
 /// The 64-bit ring hash of a key in a keyspace.
 pub fn key_hash(keyspace: &str, key: &[u8]) -> u64 {
+    let len = keyspace.len() + 1 + key.len();
+    if len <= ONE_SHOT_BYTES {
+        let mut buf = [0u8; ONE_SHOT_BYTES];
+        buf[..keyspace.len()].copy_from_slice(keyspace.as_bytes());
+        buf[keyspace.len() + 1..len].copy_from_slice(key);
+        return xxh3_64(&buf[..len]);
+    }
     let mut hasher = Xxh3::new();
     hasher.update(keyspace.as_bytes());
     hasher.update(&[0x00]);
@@ -51,6 +62,19 @@ mod tests {
     #[test]
     fn keyspace_separates_hashes() {
         assert_ne!(key_hash("a", b"bc"), key_hash("ab", b"c"));
+    }
+
+    #[test]
+    fn one_shot_and_streaming_hashes_agree() {
+        let short = vec![7u8; 10];
+        let long = vec![7u8; 1000];
+        for key in [&short, &long] {
+            let mut hasher = Xxh3::new();
+            hasher.update(b"default");
+            hasher.update(&[0]);
+            hasher.update(key);
+            assert_eq!(key_hash("default", key), hasher.digest());
+        }
     }
 
     #[test]

@@ -38,7 +38,11 @@ impl FjallEngine {
             .manual_journal_persist(true)
             .cache_size(cache_bytes)
             .open()?;
-        let data = db.keyspace(DATA_KEYSPACE, KeyspaceCreateOptions::default)?;
+        // IMPORTANT: manual persistence must be set on the keyspace too, or
+        // every insert issues its own write(2) to the journal.
+        let data = db.keyspace(DATA_KEYSPACE, || {
+            KeyspaceCreateOptions::default().manual_journal_persist(true)
+        })?;
         Ok(Self { db, data })
     }
 }

@@ -137,7 +137,13 @@ impl Hlc {
 
     /// A fresh timestamp, greater than every one handed out or observed.
     pub fn now(&self) -> Timestamp {
-        let physical = Timestamp::from_ms(self.clock.now_ms()).0;
+        self.now_at(self.clock.now_ms())
+    }
+
+    /// Like [`Hlc::now`] with the wall time the caller just read (saves a
+    /// clock read on the write path).
+    pub fn now_at(&self, wall_ms: u64) -> Timestamp {
+        let physical = Timestamp::from_ms(wall_ms).0;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = physical.max(last + 1);

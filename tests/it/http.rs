@@ -70,7 +70,8 @@ async fn metrics_count_commands_and_expose_gauges() {
         r#"ringkv_command_duration_seconds_count{cmd="set"}"#,
     )
     .unwrap_or_else(|| panic!("no set duration count in:\n{metrics}"));
-    assert!(set_count >= 10.0, "set duration count {set_count}");
+    // One command in eight per connection is timed: 10 SETs give at least one sample.
+    assert!(set_count >= 1.0, "set duration count {set_count}");
 
     let clients = sample(&metrics, "ringkv_connected_clients")
         .unwrap_or_else(|| panic!("no ringkv_connected_clients in:\n{metrics}"));
