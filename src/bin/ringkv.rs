@@ -9,6 +9,12 @@ use ringkv::config::{Config, EngineKind, FsyncPolicy};
 use ringkv::node::Node;
 use tracing_subscriber::EnvFilter;
 
+// NOTE: glibc's allocator grows per-thread arenas with an mprotect(2) per
+// step, which cost a syscall per request batch while fjall's memtable grew;
+// mimalloc does not (measured in bench/RESULTS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// ringkv: a Dynamo-style replicated key-value store that speaks the Redis protocol.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]

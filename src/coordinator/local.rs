@@ -5,10 +5,11 @@
 //! when a key changes between holding a value and holding none.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use parking_lot::Mutex;
 
+use super::commit::GroupCommit;
 use super::{
     Decision, Entry, KeyspaceId, Keyspaces, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
 };
@@ -42,19 +43,18 @@ pub struct LocalStore {
     node: NodeId,
     partitions: u32,
     keyspaces: Keyspaces,
-    fsync: FsyncPolicy,
     // NOTE: std-style blocking locks, never held across an await; they only
     // cover the synchronous read-evaluate-write of one key.
     stripes: Box<[Mutex<()>]>,
     live_keys: Box<[AtomicI64]>,
-    /// Group commit: writes applied so far, and how many of them a commit
-    /// has made durable. A commit flushes only if its writes are not covered
-    /// yet, so concurrent connections share one flush.
-    written: AtomicU64,
-    committed: AtomicU64,
-    // NOTE: blocking lock, never held across an await: it serialises the
-    // synchronous engine flush.
-    flush_lock: Mutex<()>,
+    /// Shares engine flushes between connections.
+    group: Arc<GroupCommit>,
+}
+
+impl Drop for LocalStore {
+    fn drop(&mut self) {
+        self.group.close();
+    }
 }
 
 impl std::fmt::Debug for LocalStore {
@@ -73,8 +73,14 @@ struct Located {
 }
 
 impl LocalStore {
-    /// Opens the store, counting the keys already in the engine.
+    /// Opens the store, counting the keys already in the engine. Must be
+    /// called inside a tokio runtime (it starts the committer task).
     pub fn open(config: LocalStoreConfig) -> Result<Self, StoreError> {
+        let durability = match config.fsync {
+            FsyncPolicy::Always => Durability::Sync,
+            FsyncPolicy::Everysec | FsyncPolicy::No => Durability::Buffer,
+        };
+        let engine_for_commits = config.engine.clone();
         let store = Self {
             live_keys: (0..config.keyspaces.len())
                 .map(|_| AtomicI64::new(0))
@@ -84,11 +90,8 @@ impl LocalStore {
             node: config.node,
             partitions: config.partitions,
             keyspaces: config.keyspaces,
-            fsync: config.fsync,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-            written: AtomicU64::new(0),
-            committed: AtomicU64::new(0),
-            flush_lock: Mutex::new(()),
+            group: GroupCommit::spawn(engine_for_commits, durability),
         };
         store.count_keys()?;
         Ok(store)
@@ -170,7 +173,7 @@ impl LocalStore {
             (true, false) => self.live_keys[ks].fetch_sub(1, Ordering::Relaxed),
             _ => 0,
         };
-        self.written.fetch_add(1, Ordering::AcqRel);
+        self.group.note_write();
         Ok(())
     }
 
@@ -224,27 +227,6 @@ impl LocalStore {
         })
     }
 
-    fn commit_sync(&self) -> Result<(), StoreError> {
-        // Every write this caller made happened before this load.
-        let target = self.written.load(Ordering::Acquire);
-        if self.committed.load(Ordering::Acquire) >= target {
-            return Ok(());
-        }
-        let _flushing = self.flush_lock.lock();
-        if self.committed.load(Ordering::Acquire) >= target {
-            // Another connection's flush covered our writes while we waited.
-            return Ok(());
-        }
-        let upto = self.written.load(Ordering::Acquire);
-        let durability = match self.fsync {
-            FsyncPolicy::Always => Durability::Sync,
-            FsyncPolicy::Everysec | FsyncPolicy::No => Durability::Buffer,
-        };
-        self.engine.flush(durability)?;
-        self.committed.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
-    }
-
     /// fsyncs everything written so far (the `everysec` task and shutdown).
     pub fn sync_to_disk(&self) -> Result<(), StoreError> {
         Ok(self.engine.flush(Durability::Sync)?)
@@ -276,13 +258,10 @@ impl Store for LocalStore {
     }
 
     async fn commit(&self) -> Result<(), StoreError> {
-        if self.fsync == FsyncPolicy::Always {
-            // IMPORTANT: an fsync blocks; keep the other connections on this
-            // worker thread running while it does.
-            tokio::task::block_in_place(|| self.commit_sync())
-        } else {
-            self.commit_sync()
+        if !self.engine.needs_flush() {
+            return Ok(());
         }
+        Ok(self.group.commit().await?)
     }
 
     fn replication(&self, _ks: KeyspaceId) -> u32 {

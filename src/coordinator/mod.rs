@@ -8,6 +8,7 @@
 //! is as durable as the fsync policy promises once [`Store::commit`] returns.
 
 mod command;
+mod commit;
 mod level;
 mod local;
 mod sweep;
@@ -22,6 +23,7 @@ use crate::storage::StorageError;
 use crate::version::{ClockSkewError, RecordError};
 
 pub use command::{Decision, ExpireCondition, ExpiryUpdate, SetCondition, WriteCmd};
+pub use commit::CommitError;
 pub use level::Level;
 pub use local::{LocalStore, LocalStoreConfig};
 pub use sweep::{SweepConfig, SweepHandle, spawn_expiry_sweep};
@@ -104,6 +106,9 @@ pub enum StoreError {
     /// A stored record could not be read back.
     #[error("corrupt record: {0}")]
     Corrupt(#[from] RecordError),
+    /// Writes could not be made durable.
+    #[error("{0}")]
+    Commit(#[from] CommitError),
     /// A timestamp too far in the future.
     #[error("{0}")]
     ClockSkew(#[from] ClockSkewError),

@@ -143,6 +143,10 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    fn needs_flush(&self) -> bool {
+        false
+    }
+
     fn size_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }

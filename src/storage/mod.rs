@@ -33,6 +33,9 @@ pub enum StorageError {
     /// The LSM engine failed.
     #[error("fjall: {0}")]
     Fjall(#[from] fjall::Error),
+    /// A background storage task failed.
+    #[error("storage task failed: {0}")]
+    Task(String),
     /// The data directory could not be used.
     #[error("data dir {path}: {source}")]
     DataDir {
@@ -69,6 +72,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes every earlier write at least as durable as `durability`.
     fn flush(&self, durability: Durability) -> Result<(), StorageError>;
+
+    /// False when [`Engine::flush`] has nothing to do (RAM-only engines), so
+    /// callers can skip waiting for it.
+    fn needs_flush(&self) -> bool {
+        true
+    }
 
     /// Bytes the engine occupies (on disk, or in memory for the memory engine).
     fn size_bytes(&self) -> u64;
