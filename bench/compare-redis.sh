@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side throughput: ringkv vs redis-server, same redis-benchmark commands, same run.
 #
-# Usage: bench/compare-redis.sh [--requests N] [--record]
+# Usage: bench/compare-redis.sh [--requests N] [--reps N] [--record]
 #   --requests N  requests per redis-benchmark run (default 200000)
+#   --reps N      runs of each benchmark per server, alternating; medians reported (default 3)
 #   --record      also append the result table to bench/RESULTS.md
 #
 # Builds ringkv in release mode, installs redis-server/redis-tools with apt-get
@@ -12,12 +13,14 @@
 set -euo pipefail
 
 requests=200000
+reps=3
 record=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) requests="$2"; shift 2 ;;
+    --reps) reps="$2"; shift 2 ;;
     --record) record=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -81,9 +84,22 @@ run_bench() { # port extra-args...
     awk -F'","' 'NR>1 { gsub(/"/,""); split($0,f,","); print f[1], f[2], f[5], f[7] }'
 }
 
+# Median of each column over the runs in a file of "test rps p50 p99" lines.
+medians() { # file
+  sort -k1,1 -s "$1" | awk '
+    function med(arr, n,   i, j, t) {
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (arr[j] < arr[i]) { t = arr[i]; arr[i] = arr[j]; arr[j] = t }
+      return arr[int((n + 1) / 2)]
+    }
+    function flush() { if (n) printf "%s %.0f %.3f %.3f\n", name, med(r, n), med(p, n), med(q, n) }
+    $1 != name { flush(); name = $1; n = 0 }
+    { n++; r[n] = $2; p[n] = $3; q[n] = $4 }
+    END { flush() }'
+}
+
 table="$work/table.md"
 {
-  echo "### $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), nproc $(nproc), $requests requests, 50 clients"
+  echo "### $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), nproc $(nproc), $requests requests, 50 clients, median of $reps alternating runs"
   echo
   echo "| ringkv engine | benchmark | test | redis ops/s | ringkv ops/s | ratio | redis p50/p99 ms | ringkv p50/p99 ms |"
   echo "|---|---|---|---:|---:|---:|---|---|"
@@ -95,11 +111,15 @@ for setup in "memory everysec" "fjall everysec"; do
   for variant in "plain:" "pipeline 16:-P 16" "1 KiB values:-d 1024"; do
     label=${variant%%:*}
     args=${variant#*:}
-    # shellcheck disable=SC2086
-    redis_out=$(run_bench "$redis_port" $args)
-    # shellcheck disable=SC2086
-    ringkv_out=$(run_bench "$ringkv_port" $args)
-    paste -d' ' <(echo "$redis_out") <(echo "$ringkv_out") |
+    : >"$work/redis.runs"
+    : >"$work/ringkv.runs"
+    for _ in $(seq 1 "$reps"); do
+      # shellcheck disable=SC2086
+      run_bench "$redis_port" $args >>"$work/redis.runs"
+      # shellcheck disable=SC2086
+      run_bench "$ringkv_port" $args >>"$work/ringkv.runs"
+    done
+    paste -d' ' <(medians "$work/redis.runs") <(medians "$work/ringkv.runs") |
       while read -r test r_rps r_p50 r_p99 _ k_rps k_p50 k_p99; do
         ratio=$(awk -v a="$k_rps" -v b="$r_rps" 'BEGIN { printf "%.2f", a / b }')
         echo "| $1 ($2) | $label | $test | $r_rps | $k_rps | ${ratio}x | $r_p50 / $r_p99 | $k_p50 / $k_p99 |"
