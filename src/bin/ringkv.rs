@@ -158,10 +158,18 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => {
             let config = args.into_config()?;
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if config.node.worker_threads > 0 {
-                builder.worker_threads(config.node.worker_threads);
-            }
+            // NOTE: one worker runs on tokio's current-thread scheduler, which
+            // skips the work-stealing machinery, like Redis's single event loop.
+            let mut builder = match config.node.worker_threads {
+                1 => tokio::runtime::Builder::new_current_thread(),
+                n => {
+                    let mut b = tokio::runtime::Builder::new_multi_thread();
+                    if n > 0 {
+                        b.worker_threads(n);
+                    }
+                    b
+                }
+            };
             let runtime = builder
                 .enable_all()
                 .build()

@@ -7,6 +7,13 @@
 
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
+mod claim;
+mod layout;
+mod preference;
+
+pub use layout::{DEFAULT_SPREAD, Layout, LayoutError, MAX_NODES, MAX_SPREAD, NodeIndex, NodeSpec};
+pub use preference::{Move, PreferenceList, ReplicaMove};
+
 /// Index of a partition, `0..Q`.
 pub type PartitionId = u16;
 

@@ -1,0 +1,647 @@
+//! Layout: which node owns each of the `Q` partitions, one version at a time.
+//!
+//! A [`Layout`] is the token-holder map of DESIGN.md §2: partition `p` belongs
+//! to `owners[p]`, and preference lists (`preference.rs`) walk the ring of
+//! partitions clockwise from a key's partition. A layout is pure data (no
+//! I/O), serialisable for gossip and persistence, and changes only through
+//! [`Layout::with_nodes`], which an operator's command calls.
+//!
+//! Invariants, checked on construction and again on deserialisation:
+//! - `Q` is a power of two in `1..=MAX_PARTITIONS`, `owners.len() == Q`, and
+//!   every owner indexes `nodes`.
+//! - `nodes` is sorted by name; names are unique and non-empty, capacities are
+//!   at least 1, at most [`MAX_NODES`] nodes.
+//!
+//! Laws (the claim in `claim.rs` builds them, the property tests check them):
+//! - Balance: each node owns `floor(s)` or `ceil(s)` partitions, where
+//!   `s = Q * capacity / total capacity`.
+//! - Minimal movement: a partition keeps its owner unless that owner left or
+//!   is over its new share, so a change moves `orphans + surpluses` owners.
+//! - Spread: where possible no node, and no zone, owns two partitions less
+//!   than `spread` apart, so a preference list of up to `spread` nodes is the
+//!   run of consecutive owners and one owner change moves `spread` replicas.
+//! - Determinism: the same inputs give the same layout; ties are broken by
+//!   node name order and partition index, never by chance.
+//!
+//! NOTE: without zones a join or leave moves at most ~1.08x the ideal number
+//! of replicas (`n * Q / k`, or what the leaving node held; measured for
+//! `n = 3`, 1 to 12 nodes). With zones of unequal size the balance law above
+//! (per node, not per zone) forces owners across zones, which changes the
+//! zone pattern the walk sees, and a change moves up to ~2x the ideal.
+
+use serde::{Deserialize, Serialize};
+
+use super::MAX_PARTITIONS;
+use super::claim::{self, ClaimInput};
+
+/// Index of a node in [`Layout::nodes`] (valid for that layout only; names
+/// are the identity that survives from one version to the next).
+pub type NodeIndex = u16;
+
+/// The largest number of nodes a layout may name.
+pub const MAX_NODES: usize = 4096;
+
+/// The replication factor the claim spreads owners for by default (the
+/// default `n` of DESIGN.md §1).
+pub const DEFAULT_SPREAD: u8 = 3;
+
+/// The largest supported spread.
+pub const MAX_SPREAD: u8 = 16;
+
+/// A member of the layout: a node's stable name, its zone and its weight.
+///
+/// A node without a zone counts as a zone of its own when preference lists
+/// look for distinct zones.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// Stable node name, unique in the cluster.
+    pub name: String,
+    /// Failure domain (rack, availability zone); `None` is a zone of its own.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Relative weight: a node with capacity 2 owns twice the partitions of a
+    /// node with capacity 1. At least 1; defaults to 1.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+}
+
+fn default_capacity() -> u32 {
+    1
+}
+
+impl NodeSpec {
+    /// A node with no zone and capacity 1.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            zone: None,
+            capacity: default_capacity(),
+        }
+    }
+
+    /// The same node placed in `zone`.
+    pub fn in_zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// The same node with weight `capacity`.
+    pub fn with_capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self
+    }
+}
+
+/// Why a layout could not be built, read or queried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    /// A layout needs at least one node.
+    #[error("a layout needs at least one node")]
+    NoNodes,
+    /// Too many nodes for [`NodeIndex`].
+    #[error("{count} nodes is more than the maximum of {MAX_NODES}")]
+    TooManyNodes {
+        /// The number of nodes given.
+        count: usize,
+    },
+    /// `Q` is not a power of two in `1..=MAX_PARTITIONS`.
+    #[error("partition count {0} is not a power of two in 1..={MAX_PARTITIONS}")]
+    BadPartitionCount(u32),
+    /// The spread is outside `1..=MAX_SPREAD`.
+    #[error("spread {0} is not in 1..={MAX_SPREAD}")]
+    BadSpread(u8),
+    /// Two nodes share a name.
+    #[error("node name {0:?} appears more than once")]
+    DuplicateNode(String),
+    /// A node has an empty name.
+    #[error("a node name must not be empty")]
+    EmptyNodeName,
+    /// A node has an empty zone name (use no zone instead).
+    #[error("node {0:?} has an empty zone name; leave the zone out instead")]
+    EmptyZone(String),
+    /// A node has capacity 0.
+    #[error("node {0:?} has capacity 0; capacity must be at least 1")]
+    ZeroCapacity(String),
+    /// A partition id is not below `Q`.
+    #[error("partition {partition} is out of range for {partitions} partitions")]
+    PartitionOutOfRange {
+        /// The partition asked for.
+        partition: u32,
+        /// `Q` of the layout.
+        partitions: u32,
+    },
+    /// Two layouts being compared have different `Q`.
+    #[error(
+        "layouts have {left} and {right} partitions; the count is fixed when the cluster is created"
+    )]
+    PartitionCountMismatch {
+        /// `Q` of `self`.
+        left: u32,
+        /// `Q` of the other layout.
+        right: u32,
+    },
+    /// The version number cannot grow any further.
+    #[error("layout version {0} cannot be incremented")]
+    VersionOverflow(u64),
+    /// A deserialised layout breaks an invariant.
+    #[error("malformed layout: {0}")]
+    Malformed(String),
+}
+
+/// The versioned assignment of partitions to nodes.
+///
+/// Serialises as `{version, partitions, spread, nodes, owners}` and is
+/// validated when deserialised, so a layout from a peer or a disk upholds the
+/// module invariants and preference lists never index out of bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "LayoutRepr", into = "LayoutRepr")]
+pub struct Layout {
+    version: u64,
+    partitions: u32,
+    spread: u8,
+    nodes: Vec<NodeSpec>,
+    owners: Vec<NodeIndex>,
+    /// Derived: zone id per node; zone-less nodes get ids of their own.
+    zones: Vec<u32>,
+    /// Derived: number of distinct zone ids.
+    zone_count: usize,
+    /// Derived: number of nodes that own at least one partition.
+    owning_nodes: usize,
+}
+
+/// The persisted and gossiped shape of a [`Layout`].
+#[derive(Serialize, Deserialize)]
+struct LayoutRepr {
+    version: u64,
+    partitions: u32,
+    spread: u8,
+    nodes: Vec<NodeSpec>,
+    owners: Vec<NodeIndex>,
+}
+
+impl From<Layout> for LayoutRepr {
+    fn from(layout: Layout) -> Self {
+        Self {
+            version: layout.version,
+            partitions: layout.partitions,
+            spread: layout.spread,
+            nodes: layout.nodes,
+            owners: layout.owners,
+        }
+    }
+}
+
+impl TryFrom<LayoutRepr> for Layout {
+    type Error = LayoutError;
+
+    fn try_from(repr: LayoutRepr) -> Result<Self, Self::Error> {
+        check_partitions(repr.partitions)?;
+        check_spread(repr.spread)?;
+        if repr.nodes.windows(2).any(|w| w[0].name > w[1].name) {
+            return Err(LayoutError::Malformed(
+                "nodes are not sorted by name".into(),
+            ));
+        }
+        let nodes = validate_nodes(repr.nodes)?;
+        if repr.owners.len() as u64 != u64::from(repr.partitions) {
+            return Err(LayoutError::Malformed(format!(
+                "{} owners for {} partitions",
+                repr.owners.len(),
+                repr.partitions
+            )));
+        }
+        if let Some(bad) = repr.owners.iter().find(|&&o| usize::from(o) >= nodes.len()) {
+            return Err(LayoutError::Malformed(format!(
+                "owner index {bad} but only {} nodes",
+                nodes.len()
+            )));
+        }
+        Ok(Self::assemble(
+            repr.version,
+            repr.partitions,
+            repr.spread,
+            nodes,
+            repr.owners,
+        ))
+    }
+}
+
+impl Layout {
+    /// The first layout (version 1) of a cluster of `partitions` partitions,
+    /// spread for the default replication factor [`DEFAULT_SPREAD`].
+    pub fn initial(partitions: u32, nodes: Vec<NodeSpec>) -> Result<Layout, LayoutError> {
+        Self::initial_with_spread(partitions, nodes, DEFAULT_SPREAD)
+    }
+
+    /// The first layout, spreading owners so that preference lists of up to
+    /// `spread` nodes are consecutive owners (use the largest `n` of any
+    /// keyspace). Later versions keep the spread.
+    pub fn initial_with_spread(
+        partitions: u32,
+        nodes: Vec<NodeSpec>,
+        spread: u8,
+    ) -> Result<Layout, LayoutError> {
+        check_partitions(partitions)?;
+        check_spread(spread)?;
+        let nodes = validate_nodes(nodes)?;
+        let previous = vec![None; partitions as usize];
+        Ok(Self::claim(1, partitions, spread, nodes, previous))
+    }
+
+    /// The next version for the node set `nodes` (a node joined, left, or
+    /// changed zone or capacity): balanced again, moving as few partitions as
+    /// possible. Nodes are matched to the current ones by name.
+    pub fn with_nodes(&self, nodes: Vec<NodeSpec>) -> Result<Layout, LayoutError> {
+        let version = self
+            .version
+            .checked_add(1)
+            .ok_or(LayoutError::VersionOverflow(self.version))?;
+        let nodes = validate_nodes(nodes)?;
+        let renumber: Vec<Option<NodeIndex>> = self
+            .nodes
+            .iter()
+            .map(|old| {
+                let found = nodes.binary_search_by(|new| new.name.cmp(&old.name));
+                found.ok().map(to_index)
+            })
+            .collect();
+        let previous = self
+            .owners
+            .iter()
+            .map(|&o| renumber.get(usize::from(o)).copied().flatten())
+            .collect();
+        Ok(Self::claim(
+            version,
+            self.partitions,
+            self.spread,
+            nodes,
+            previous,
+        ))
+    }
+
+    /// The version number: 1 for the first layout, +1 per change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// `Q`, the number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The replication factor the claim spreads owners for.
+    pub fn spread(&self) -> u8 {
+        self.spread
+    }
+
+    /// The nodes, sorted by name; [`NodeIndex`] values index this slice.
+    pub fn nodes(&self) -> &[NodeSpec] {
+        &self.nodes
+    }
+
+    /// The node at `index`, if any.
+    pub fn node(&self, index: NodeIndex) -> Option<&NodeSpec> {
+        self.nodes.get(usize::from(index))
+    }
+
+    /// The index of the node called `name`, if it is a member.
+    pub fn index_of(&self, name: &str) -> Option<NodeIndex> {
+        let found = self.nodes.binary_search_by(|n| n.name.as_str().cmp(name));
+        found.ok().map(to_index)
+    }
+
+    /// The owner (token holder) of each partition, indexed by partition.
+    pub fn owners(&self) -> &[NodeIndex] {
+        &self.owners
+    }
+
+    /// How many partitions each node owns, indexed like [`Layout::nodes`].
+    pub fn partition_counts(&self) -> Vec<u32> {
+        owner_counts(&self.owners, self.nodes.len())
+    }
+
+    pub(super) fn zone_of(&self, node: NodeIndex) -> usize {
+        self.zones.get(usize::from(node)).map_or(0, |&z| z as usize)
+    }
+
+    pub(super) fn zone_count(&self) -> usize {
+        self.zone_count
+    }
+
+    pub(super) fn owning_nodes(&self) -> usize {
+        self.owning_nodes
+    }
+
+    fn claim(
+        version: u64,
+        partitions: u32,
+        spread: u8,
+        nodes: Vec<NodeSpec>,
+        previous: Vec<Option<NodeIndex>>,
+    ) -> Layout {
+        let (zones, zone_count) = zone_ids(&nodes);
+        let capacities: Vec<u32> = nodes.iter().map(|n| n.capacity).collect();
+        let input = ClaimInput {
+            capacities: &capacities,
+            zones: &zones,
+            zone_count,
+            spread: usize::from(spread),
+        };
+        let owners = claim::claim(&input, previous);
+        Self::assemble(version, partitions, spread, nodes, owners)
+    }
+
+    fn assemble(
+        version: u64,
+        partitions: u32,
+        spread: u8,
+        nodes: Vec<NodeSpec>,
+        owners: Vec<NodeIndex>,
+    ) -> Layout {
+        let (zones, zone_count) = zone_ids(&nodes);
+        let owning_nodes = owner_counts(&owners, nodes.len())
+            .iter()
+            .filter(|&&c| c > 0)
+            .count();
+        Layout {
+            version,
+            partitions,
+            spread,
+            nodes,
+            owners,
+            zones,
+            zone_count,
+            owning_nodes,
+        }
+    }
+}
+
+fn to_index(index: usize) -> NodeIndex {
+    assert!(index < MAX_NODES, "node lists are validated to MAX_NODES");
+    index as NodeIndex
+}
+
+fn owner_counts(owners: &[NodeIndex], nodes: usize) -> Vec<u32> {
+    let mut counts = vec![0u32; nodes];
+    for &o in owners {
+        if let Some(c) = counts.get_mut(usize::from(o)) {
+            *c += 1;
+        }
+    }
+    counts
+}
+
+fn check_partitions(partitions: u32) -> Result<(), LayoutError> {
+    if partitions.is_power_of_two() && partitions <= MAX_PARTITIONS {
+        Ok(())
+    } else {
+        Err(LayoutError::BadPartitionCount(partitions))
+    }
+}
+
+fn check_spread(spread: u8) -> Result<(), LayoutError> {
+    if (1..=MAX_SPREAD).contains(&spread) {
+        Ok(())
+    } else {
+        Err(LayoutError::BadSpread(spread))
+    }
+}
+
+/// Sorts `nodes` by name and checks them.
+fn validate_nodes(mut nodes: Vec<NodeSpec>) -> Result<Vec<NodeSpec>, LayoutError> {
+    if nodes.is_empty() {
+        return Err(LayoutError::NoNodes);
+    }
+    if nodes.len() > MAX_NODES {
+        return Err(LayoutError::TooManyNodes { count: nodes.len() });
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(pair) = nodes.windows(2).find(|w| w[0].name == w[1].name) {
+        return Err(LayoutError::DuplicateNode(pair[0].name.clone()));
+    }
+    for node in &nodes {
+        if node.name.is_empty() {
+            return Err(LayoutError::EmptyNodeName);
+        }
+        if node.zone.as_deref() == Some("") {
+            return Err(LayoutError::EmptyZone(node.name.clone()));
+        }
+        if node.capacity == 0 {
+            return Err(LayoutError::ZeroCapacity(node.name.clone()));
+        }
+    }
+    Ok(nodes)
+}
+
+/// Zone id per node and the number of ids: named zones are numbered in name
+/// order, then each zone-less node gets an id of its own.
+fn zone_ids(nodes: &[NodeSpec]) -> (Vec<u32>, usize) {
+    let mut named: Vec<&str> = nodes.iter().filter_map(|n| n.zone.as_deref()).collect();
+    named.sort_unstable();
+    named.dedup();
+    let mut next_own = named.len();
+    let ids = nodes
+        .iter()
+        .map(|node| {
+            let id = match node.zone.as_deref() {
+                Some(zone) => named.binary_search(&zone).unwrap_or(0),
+                None => {
+                    next_own += 1;
+                    next_own - 1
+                }
+            };
+            id as u32
+        })
+        .collect();
+    (ids, next_own)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn named(count: usize) -> Vec<NodeSpec> {
+        (0..count)
+            .map(|i| NodeSpec::new(format!("n{i:02}")))
+            .collect()
+    }
+
+    #[test]
+    fn rejects_bad_inputs() {
+        assert_eq!(Layout::initial(64, vec![]), Err(LayoutError::NoNodes));
+        for q in [0, 3, 100, MAX_PARTITIONS * 2] {
+            assert_eq!(
+                Layout::initial(q, named(2)),
+                Err(LayoutError::BadPartitionCount(q))
+            );
+        }
+        let dup = vec![NodeSpec::new("a"), NodeSpec::new("b"), NodeSpec::new("a")];
+        assert_eq!(
+            Layout::initial(64, dup),
+            Err(LayoutError::DuplicateNode("a".into()))
+        );
+        let zero = vec![NodeSpec::new("a").with_capacity(0)];
+        assert_eq!(
+            Layout::initial(64, zero),
+            Err(LayoutError::ZeroCapacity("a".into()))
+        );
+        assert_eq!(
+            Layout::initial(64, vec![NodeSpec::new("")]),
+            Err(LayoutError::EmptyNodeName)
+        );
+        assert_eq!(
+            Layout::initial(64, vec![NodeSpec::new("a").in_zone("")]),
+            Err(LayoutError::EmptyZone("a".into()))
+        );
+        assert_eq!(
+            Layout::initial_with_spread(64, named(2), 0),
+            Err(LayoutError::BadSpread(0))
+        );
+        let many = named(MAX_NODES + 1);
+        assert_eq!(
+            Layout::initial(64, many),
+            Err(LayoutError::TooManyNodes {
+                count: MAX_NODES + 1
+            })
+        );
+        let layout = Layout::initial(64, named(2)).expect("valid");
+        assert_eq!(layout.with_nodes(vec![]), Err(LayoutError::NoNodes));
+    }
+
+    #[test]
+    fn error_messages_name_the_problem() {
+        let msg = LayoutError::DuplicateNode("n1".into()).to_string();
+        assert_eq!(msg, "node name \"n1\" appears more than once");
+        let msg = LayoutError::BadPartitionCount(100).to_string();
+        assert_eq!(
+            msg,
+            "partition count 100 is not a power of two in 1..=65536"
+        );
+    }
+
+    #[test]
+    fn serde_round_trip_and_validation() {
+        let nodes = vec![NodeSpec::new("b").in_zone("z1"), NodeSpec::new("a")];
+        let layout = Layout::initial(16, nodes).expect("valid");
+        let text = toml::to_string(&layout).expect("serialises");
+        let back: Layout = toml::from_str(&text).expect("deserialises");
+        assert_eq!(back, layout);
+
+        let bad_owner = text.replace("owners = [", "owners = [7, ");
+        assert!(toml::from_str::<Layout>(&bad_owner).is_err());
+        let bad_q = text.replace("partitions = 16", "partitions = 12");
+        assert!(toml::from_str::<Layout>(&bad_q).is_err());
+        let unsorted = "version = 1\npartitions = 1\nspread = 3\nowners = [0]\n\
+                        [[nodes]]\nname = \"b\"\n[[nodes]]\nname = \"a\"\n";
+        let err = toml::from_str::<Layout>(unsorted).expect_err("unsorted nodes");
+        assert!(err.to_string().contains("not sorted"), "{err}");
+    }
+
+    #[test]
+    fn version_overflow_is_an_error() {
+        let text = "version = 18446744073709551615\npartitions = 1\nspread = 3\n\
+                    owners = [0]\n[[nodes]]\nname = \"a\"\n";
+        let layout: Layout = toml::from_str(text).expect("valid layout");
+        assert_eq!(
+            layout.with_nodes(named(1)),
+            Err(LayoutError::VersionOverflow(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn more_nodes_than_partitions_still_balances() {
+        let layout = Layout::initial(4, named(6)).expect("valid");
+        let counts = layout.partition_counts();
+        assert!(counts.iter().all(|&c| c <= 1), "{counts:?}");
+        assert_eq!(counts.iter().sum::<u32>(), 4);
+    }
+
+    fn assert_balanced(layout: &Layout) -> Result<(), TestCaseError> {
+        let q = u64::from(layout.partitions());
+        let total: u64 = layout.nodes().iter().map(|n| u64::from(n.capacity)).sum();
+        for (node, &count) in layout.nodes().iter().zip(&layout.partition_counts()) {
+            let exact = q * u64::from(node.capacity);
+            let (floor, ceil) = (exact / total, exact.div_ceil(total));
+            prop_assert!(
+                (floor..=ceil).contains(&u64::from(count)),
+                "{} owns {count}, share {floor}..={ceil}",
+                node.name
+            );
+        }
+        Ok(())
+    }
+
+    fn capacities() -> impl Strategy<Value = Vec<u32>> {
+        proptest::collection::vec(1u32..=4, 1..=12)
+    }
+
+    fn weighted(caps: &[u32], zones: usize) -> Vec<NodeSpec> {
+        let zoned = |i: usize, n: NodeSpec| match zones {
+            0 => n,
+            z => n.in_zone(format!("z{}", i % z)),
+        };
+        let nodes = caps.iter().enumerate();
+        nodes
+            .map(|(i, &c)| zoned(i, NodeSpec::new(format!("n{i:02}")).with_capacity(c)))
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn equal_capacity_is_floor_or_ceil(nodes in 1usize..=12, bits in prop::sample::select(vec![6u32, 8, 10]), zones in 0usize..=4) {
+            let layout = Layout::initial(1 << bits, weighted(&vec![1; nodes], zones)).expect("valid");
+            assert_balanced(&layout)?;
+        }
+
+        #[test]
+        fn weighted_capacity_is_within_one(caps in capacities(), bits in prop::sample::select(vec![6u32, 8, 10])) {
+            let layout = Layout::initial(1 << bits, weighted(&caps, 0)).expect("valid");
+            assert_balanced(&layout)?;
+        }
+
+        /// Joins, leaves and capacity changes stay balanced and move only
+        /// partitions whose owner left or was over its new share.
+        #[test]
+        fn changes_rebalance_minimally(before in capacities(), after in capacities(), bits in prop::sample::select(vec![6u32, 8])) {
+            let old = Layout::initial(1 << bits, weighted(&before, 0)).expect("valid");
+            // Names overlap by index, so this joins, leaves and reweights at once.
+            let new = old.with_nodes(weighted(&after, 0)).expect("valid");
+            assert_balanced(&new)?;
+            prop_assert_eq!(new.version(), old.version() + 1);
+            let new_counts = new.partition_counts();
+            let old_counts = old.partition_counts();
+            let mut must_move = 0u32;
+            for (i, node) in old.nodes().iter().enumerate() {
+                must_move += match new.index_of(&node.name) {
+                    None => old_counts[i],
+                    Some(j) => old_counts[i].saturating_sub(new_counts[usize::from(j)]),
+                };
+            }
+            let moves = old.diff(&new).expect("same Q");
+            prop_assert_eq!(moves.len() as u32, must_move);
+        }
+
+        #[test]
+        fn deterministic_and_versioned(caps in capacities(), zones in 0usize..=3, bits in 4u32..=10) {
+            let nodes = weighted(&caps, zones);
+            let a = Layout::initial(1 << bits, nodes.clone()).expect("valid");
+            let mut reversed = nodes.clone();
+            reversed.reverse();
+            let b = Layout::initial(1 << bits, reversed).expect("valid");
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(a.version(), 1);
+            let fewer = nodes[1..].to_vec();
+            if !fewer.is_empty() {
+                let c = a.with_nodes(fewer.clone()).expect("valid");
+                prop_assert_eq!(&c, &b.with_nodes(fewer).expect("valid"));
+                prop_assert_eq!(c.version(), 2);
+            }
+            let same = a.with_nodes(nodes).expect("valid");
+            prop_assert_eq!(same.version(), 2);
+            prop_assert_eq!(same.owners(), a.owners());
+        }
+    }
+}
