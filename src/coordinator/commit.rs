@@ -190,7 +190,7 @@ mod tests {
         fn get(&self, _: &[u8]) -> Result<Option<Bytes>, StorageError> {
             Ok(None)
         }
-        fn put(&self, _: &[u8], _: Bytes) -> Result<(), StorageError> {
+        fn put(&self, _: Bytes, _: Bytes) -> Result<(), StorageError> {
             Ok(())
         }
         fn remove(&self, _: &[u8]) -> Result<(), StorageError> {

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::commit::GroupCommit;
@@ -68,7 +69,7 @@ impl std::fmt::Debug for LocalStore {
 
 /// Where a key lives and which lock guards it.
 struct Located {
-    storage_key: Vec<u8>,
+    storage_key: Bytes,
     stripe: usize,
 }
 
@@ -133,7 +134,7 @@ impl LocalStore {
         let hash = ring::key_hash(name, key);
         let partition = ring::partition_of_hash(hash, self.partitions);
         Located {
-            storage_key: keys::encode(partition, name, key),
+            storage_key: Bytes::from(keys::encode(partition, name, key)),
             stripe: (hash as usize) % LOCK_STRIPES,
         }
     }
@@ -158,12 +159,12 @@ impl LocalStore {
     pub(crate) fn replace_locked(
         &self,
         ks: KeyspaceId,
-        storage_key: &[u8],
+        storage_key: &Bytes,
         old: Option<&Record>,
         new: Option<&Record>,
     ) -> Result<(), StoreError> {
         match new {
-            Some(record) => self.engine.put(storage_key, record.encode())?,
+            Some(record) => self.engine.put(storage_key.clone(), record.encode())?,
             None => self.engine.remove(storage_key)?,
         }
         let is_value =
@@ -182,7 +183,7 @@ impl LocalStore {
         &self,
         ks: KeyspaceId,
         key: &[u8],
-        f: impl FnOnce(&[u8]) -> T,
+        f: impl FnOnce(&Bytes) -> T,
     ) -> T {
         let located = self.locate(ks, key);
         let _guard = self.stripes[located.stripe].lock();

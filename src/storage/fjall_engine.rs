@@ -52,7 +52,7 @@ impl Engine for FjallEngine {
         Ok(self.data.get(key)?.map(Bytes::from))
     }
 
-    fn put(&self, key: &[u8], value: Bytes) -> Result<(), StorageError> {
+    fn put(&self, key: Bytes, value: Bytes) -> Result<(), StorageError> {
         Ok(self.data.insert(key, value)?)
     }
 

@@ -100,16 +100,14 @@ impl Engine for MemoryEngine {
         Ok(self.shard(key).read().get(key).cloned())
     }
 
-    fn put(&self, key: &[u8], value: Bytes) -> Result<(), StorageError> {
+    fn put(&self, key: Bytes, value: Bytes) -> Result<(), StorageError> {
         let added = (key.len() + value.len()) as u64;
-        let old = self
-            .shard(key)
-            .write()
-            .insert(Bytes::copy_from_slice(key), value);
+        let key_len = key.len();
+        let old = self.shard(&key).write().insert(key, value);
         self.bytes.fetch_add(added, Ordering::Relaxed);
         if let Some(old) = old {
             self.bytes
-                .fetch_sub((key.len() + old.len()) as u64, Ordering::Relaxed);
+                .fetch_sub((key_len + old.len()) as u64, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -54,8 +54,9 @@ pub trait Engine: Send + Sync + 'static {
     /// The stored bytes of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StorageError>;
 
-    /// Stores `value` under `key`, replacing what was there.
-    fn put(&self, key: &[u8], value: Bytes) -> Result<(), StorageError>;
+    /// Stores `value` under `key`, replacing what was there. Both are owned
+    /// so engines can keep them without copying.
+    fn put(&self, key: Bytes, value: Bytes) -> Result<(), StorageError>;
 
     /// Removes `key` (physically: callers write tombstone records instead
     /// when a delete must replicate).

@@ -10,9 +10,9 @@ fn b(s: &str) -> Bytes {
 
 fn get_put_remove(e: &dyn Engine) {
     assert_eq!(e.get(b"k1").unwrap(), None);
-    e.put(b"k1", b("v1")).unwrap();
+    e.put(Bytes::copy_from_slice(b"k1"), b("v1")).unwrap();
     assert_eq!(e.get(b"k1").unwrap(), Some(b("v1")));
-    e.put(b"k1", b("v2")).unwrap();
+    e.put(Bytes::copy_from_slice(b"k1"), b("v2")).unwrap();
     assert_eq!(e.get(b"k1").unwrap(), Some(b("v2")));
     e.remove(b"k1").unwrap();
     assert_eq!(e.get(b"k1").unwrap(), None);
@@ -20,16 +20,17 @@ fn get_put_remove(e: &dyn Engine) {
 }
 
 fn empty_and_large_values(e: &dyn Engine) {
-    e.put(b"empty", Bytes::new()).unwrap();
+    e.put(Bytes::copy_from_slice(b"empty"), Bytes::new())
+        .unwrap();
     assert_eq!(e.get(b"empty").unwrap(), Some(Bytes::new()));
     let big = Bytes::from(vec![7u8; 1 << 20]);
-    e.put(b"big", big.clone()).unwrap();
+    e.put(Bytes::copy_from_slice(b"big"), big.clone()).unwrap();
     assert_eq!(e.get(b"big").unwrap(), Some(big));
 }
 
 fn scan_is_ordered_bounded_and_limited(e: &dyn Engine) {
     for k in ["a", "b", "c", "d", "e"] {
-        e.put(k.as_bytes(), b(k)).unwrap();
+        e.put(Bytes::copy_from_slice(k.as_bytes()), b(k)).unwrap();
     }
     let got: Vec<_> = e.scan(b"b", Some(b"e"), 10).unwrap();
     let keys: Vec<_> = got.iter().map(|(k, _)| k.clone()).collect();
@@ -42,9 +43,11 @@ fn scan_is_ordered_bounded_and_limited(e: &dyn Engine) {
 fn partition_ranges_hold_exactly_their_keys(e: &dyn Engine) {
     for p in [0u16, 1, 2, 255, 256, 1023, u16::MAX] {
         for i in 0..3u8 {
-            e.put(&keys::encode(p, "default", &[i]), b("x")).unwrap();
+            e.put(keys::encode(p, "default", &[i]).into(), b("x"))
+                .unwrap();
         }
-        e.put(&keys::encode(p, "other", b"k"), b("y")).unwrap();
+        e.put(keys::encode(p, "other", b"k").into(), b("y"))
+            .unwrap();
     }
     for p in [0u16, 1, 2, 255, 256, 1023, u16::MAX] {
         let (start, end) = keys::partition_range(p);
@@ -58,7 +61,7 @@ fn partition_ranges_hold_exactly_their_keys(e: &dyn Engine) {
 
 fn scan_resumes_from_successor(e: &dyn Engine) {
     for i in 0..50u32 {
-        e.put(&keys::encode(7, "default", &i.to_be_bytes()), b("v"))
+        e.put(keys::encode(7, "default", &i.to_be_bytes()).into(), b("v"))
             .unwrap();
     }
     let (start, end) = keys::partition_range(7);
@@ -74,7 +77,7 @@ fn scan_resumes_from_successor(e: &dyn Engine) {
 }
 
 fn flush_succeeds(e: &dyn Engine) {
-    e.put(b"f", b("v")).unwrap();
+    e.put(Bytes::copy_from_slice(b"f"), b("v")).unwrap();
     e.flush(Durability::Buffer).unwrap();
     e.flush(Durability::Sync).unwrap();
     assert!(e.size_bytes() > 0 || e.kind() == "fjall");
@@ -132,7 +135,11 @@ fn fjall_recovers_flushed_writes_after_reopen() {
     {
         let e = FjallEngine::open(dir.path(), 8 << 20).unwrap();
         for i in 0..1000u32 {
-            e.put(&i.to_be_bytes(), Bytes::from(i.to_string())).unwrap();
+            e.put(
+                Bytes::copy_from_slice(&i.to_be_bytes()),
+                Bytes::from(i.to_string()),
+            )
+            .unwrap();
         }
         e.remove(&5u32.to_be_bytes()).unwrap();
         e.flush(Durability::Sync).unwrap();
