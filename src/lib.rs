@@ -9,6 +9,7 @@
 //! - [`ring`]: partitions (pure): which partition a key lives in.
 //! - [`version`]: hybrid logical clocks and last-write-wins records (pure).
 //! - [`storage`]: the `Engine` trait, the fjall and memory engines, key layout.
+//! - [`net`]: internode requests and the `Transport` seam (TCP, in-memory with faults).
 //! - [`coordinator`]: the `Store` trait, the local store, command semantics,
 //!   the expiry sweep.
 //! - [`resp`]: the Redis protocol: codec, frames, commands, server.
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod coordinator;
 pub mod http;
+pub mod net;
 pub mod node;
 pub mod resp;
 pub mod ring;

@@ -45,6 +45,25 @@ impl Level {
     }
 }
 
+/// The read and write levels of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Consistency {
+    /// Replicas that must answer a read.
+    pub read: Level,
+    /// Replicas that must acknowledge a write.
+    pub write: Level,
+}
+
+impl Default for Consistency {
+    /// `quorum` for both, so `r + w > n`: reads see acknowledged writes.
+    fn default() -> Self {
+        Self {
+            read: Level::Quorum,
+            write: Level::Quorum,
+        }
+    }
+}
+
 impl fmt::Display for Level {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

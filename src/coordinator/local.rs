@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 
 use super::commit::GroupCommit;
 use super::{
-    Decision, Entry, KeyspaceId, Keyspaces, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
+    Consistency, Decision, Entry, KeyspaceId, Keyspaces, Store, StoreError, StoreStats, WriteCmd,
+    WriteOutcome,
 };
 use crate::config::FsyncPolicy;
 use crate::ring;
@@ -139,7 +140,7 @@ impl LocalStore {
         }
     }
 
-    fn read_record(&self, storage_key: &[u8]) -> Result<Option<Record>, StoreError> {
+    pub(crate) fn read_record(&self, storage_key: &[u8]) -> Result<Option<Record>, StoreError> {
         match self.engine.get(storage_key)? {
             Some(raw) => Ok(Some(Record::decode(raw)?)),
             None => Ok(None),
@@ -239,7 +240,12 @@ impl Store for LocalStore {
         &self.keyspaces
     }
 
-    async fn get(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+    async fn get(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        _consistency: Consistency,
+    ) -> Result<Option<Entry>, StoreError> {
         let located = self.locate(ks, key);
         let record = self.read_record(&located.storage_key)?;
         Ok(Self::live_entry(record.as_ref(), self.hlc.wall_ms()))
@@ -250,6 +256,7 @@ impl Store for LocalStore {
         ks: KeyspaceId,
         key: &[u8],
         cmd: WriteCmd,
+        _consistency: Consistency,
     ) -> Result<WriteOutcome, StoreError> {
         self.write_sync(ks, key, &cmd)
     }
@@ -327,29 +334,52 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::coordinator::{ExpireCondition, ExpiryUpdate, SetCondition};
+    use crate::coordinator::{Consistency, ExpireCondition, ExpiryUpdate, SetCondition};
     use crate::version::ManualClock;
     use bytes::Bytes;
 
     #[tokio::test]
     async fn set_get_delete_and_count() {
         let store = memory_store(Arc::new(ManualClock::new(1_000)));
-        assert_eq!(store.get(0, b"k").await.unwrap(), None);
-        assert!(store.write(0, b"k", set(b"v")).await.unwrap().applied);
-        assert_eq!(store.get(0, b"k").await.unwrap().unwrap().value, "v");
         assert_eq!(
-            store.get(1, b"k").await.unwrap(),
+            store.get(0, b"k", Consistency::default()).await.unwrap(),
+            None
+        );
+        assert!(
+            store
+                .write(0, b"k", set(b"v"), Consistency::default())
+                .await
+                .unwrap()
+                .applied
+        );
+        assert_eq!(
+            store
+                .get(0, b"k", Consistency::default())
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            "v"
+        );
+        assert_eq!(
+            store.get(1, b"k", Consistency::default()).await.unwrap(),
             None,
             "keyspaces are separate"
         );
         assert_eq!(store.dbsize(0).await.unwrap(), 1);
-        let out = store.write(0, b"k", WriteCmd::Delete).await.unwrap();
+        let out = store
+            .write(0, b"k", WriteCmd::Delete, Consistency::default())
+            .await
+            .unwrap();
         assert_eq!(out.previous.unwrap().value, "v");
-        assert_eq!(store.get(0, b"k").await.unwrap(), None);
+        assert_eq!(
+            store.get(0, b"k", Consistency::default()).await.unwrap(),
+            None
+        );
         assert_eq!(store.dbsize(0).await.unwrap(), 0);
         assert!(
             !store
-                .write(0, b"k", WriteCmd::Delete)
+                .write(0, b"k", WriteCmd::Delete, Consistency::default())
                 .await
                 .unwrap()
                 .applied
@@ -365,18 +395,34 @@ mod tests {
             expiry: ExpiryUpdate::At(1_500),
             condition: SetCondition::Always,
         };
-        store.write(0, b"k", cmd).await.unwrap();
+        store
+            .write(0, b"k", cmd, Consistency::default())
+            .await
+            .unwrap();
         clock.set(1_500);
-        assert!(store.get(0, b"k").await.unwrap().is_some());
+        assert!(
+            store
+                .get(0, b"k", Consistency::default())
+                .await
+                .unwrap()
+                .is_some()
+        );
         clock.set(1_501);
-        assert_eq!(store.get(0, b"k").await.unwrap(), None);
+        assert_eq!(
+            store.get(0, b"k", Consistency::default()).await.unwrap(),
+            None
+        );
         let nx = WriteCmd::Set {
             value: Bytes::from_static(b"w"),
             expiry: ExpiryUpdate::Clear,
             condition: SetCondition::IfAbsent,
         };
         assert!(
-            store.write(0, b"k", nx).await.unwrap().applied,
+            store
+                .write(0, b"k", nx, Consistency::default())
+                .await
+                .unwrap()
+                .applied,
             "an expired key is absent"
         );
         assert_eq!(store.dbsize(0).await.unwrap(), 1);
@@ -385,13 +431,25 @@ mod tests {
     #[tokio::test]
     async fn expire_in_the_past_deletes() {
         let store = memory_store(Arc::new(ManualClock::new(1_000)));
-        store.write(0, b"k", set(b"v")).await.unwrap();
+        store
+            .write(0, b"k", set(b"v"), Consistency::default())
+            .await
+            .unwrap();
         let cmd = WriteCmd::Expire {
             at_ms: Some(10),
             condition: ExpireCondition::Always,
         };
-        assert!(store.write(0, b"k", cmd).await.unwrap().applied);
-        assert_eq!(store.get(0, b"k").await.unwrap(), None);
+        assert!(
+            store
+                .write(0, b"k", cmd, Consistency::default())
+                .await
+                .unwrap()
+                .applied
+        );
+        assert_eq!(
+            store.get(0, b"k", Consistency::default()).await.unwrap(),
+            None
+        );
         assert_eq!(store.dbsize(0).await.unwrap(), 0);
     }
 
@@ -399,13 +457,27 @@ mod tests {
     async fn a_stored_record_from_the_future_is_not_overwritten_by_an_older_write() {
         let clock = Arc::new(ManualClock::new(10_000));
         let store = memory_store(clock.clone());
-        store.write(0, b"k", set(b"future")).await.unwrap();
+        store
+            .write(0, b"k", set(b"future"), Consistency::default())
+            .await
+            .unwrap();
         // A fresh node with a clock behind, over the same data, must still order
         // its writes after what it reads: the HLC has not seen that record, but
         // merge keeps whichever version is greater.
         clock.set(5_000);
-        store.write(0, b"k", set(b"later")).await.unwrap();
-        assert_eq!(store.get(0, b"k").await.unwrap().unwrap().value, "later");
+        store
+            .write(0, b"k", set(b"later"), Consistency::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get(0, b"k", Consistency::default())
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            "later"
+        );
     }
 
     #[tokio::test]
@@ -424,10 +496,18 @@ mod tests {
         };
         let store = open(engine.clone());
         for i in 0..100u32 {
-            store.write(0, &i.to_be_bytes(), set(b"v")).await.unwrap();
+            store
+                .write(0, &i.to_be_bytes(), set(b"v"), Consistency::default())
+                .await
+                .unwrap();
         }
         store
-            .write(0, &7u32.to_be_bytes(), WriteCmd::Delete)
+            .write(
+                0,
+                &7u32.to_be_bytes(),
+                WriteCmd::Delete,
+                Consistency::default(),
+            )
             .await
             .unwrap();
         drop(store);

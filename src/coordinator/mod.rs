@@ -11,6 +11,8 @@ mod command;
 mod commit;
 mod level;
 mod local;
+mod quorum;
+mod replica;
 mod sweep;
 
 use std::future::Future;
@@ -24,8 +26,10 @@ use crate::version::{ClockSkewError, RecordError};
 
 pub use command::{Decision, ExpireCondition, ExpiryUpdate, SetCondition, WriteCmd};
 pub use commit::CommitError;
-pub use level::Level;
+pub use level::{Consistency, Level};
 pub use local::{LocalStore, LocalStoreConfig};
+pub use quorum::{QuorumConfig, QuorumError, QuorumStore};
+pub use replica::ReplicaHandler;
 pub use sweep::{SweepConfig, SweepHandle, spawn_expiry_sweep};
 
 /// A live value as a client sees it.
@@ -109,6 +113,15 @@ pub enum StoreError {
     /// Writes could not be made durable.
     #[error("{0}")]
     Commit(#[from] CommitError),
+    /// Too few replicas answered.
+    #[error("{0}")]
+    Unavailable(#[from] QuorumError),
+    /// A consistency level that this keyspace can never meet.
+    #[error("{0}")]
+    BadLevel(String),
+    /// The layout could not place the key.
+    #[error("layout: {0}")]
+    Layout(String),
     /// A timestamp too far in the future.
     #[error("{0}")]
     ClockSkew(#[from] ClockSkewError),
@@ -139,6 +152,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ks: KeyspaceId,
         key: &[u8],
+        consistency: Consistency,
     ) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
 
     /// Applies `cmd` to `key` atomically with respect to other writes of it.
@@ -147,6 +161,7 @@ pub trait Store: Send + Sync + 'static {
         ks: KeyspaceId,
         key: &[u8],
         cmd: WriteCmd,
+        consistency: Consistency,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
 
     /// Number of keys in the keyspace.

@@ -173,7 +173,7 @@ fn sweep_key(
 mod tests {
     use super::*;
     use crate::coordinator::local::testing::memory_store;
-    use crate::coordinator::{ExpiryUpdate, SetCondition, Store, WriteCmd};
+    use crate::coordinator::{Consistency, ExpiryUpdate, SetCondition, Store, WriteCmd};
     use crate::version::ManualClock;
     use bytes::Bytes;
 
@@ -214,7 +214,10 @@ mod tests {
                 expiry,
                 condition: SetCondition::Always,
             };
-            store.write(0, &i.to_be_bytes(), cmd).await.unwrap();
+            store
+                .write(0, &i.to_be_bytes(), cmd, Consistency::default())
+                .await
+                .unwrap();
         }
         assert_eq!(store.dbsize(0).await.unwrap(), 20);
         clock.set(3_000);

@@ -33,8 +33,17 @@ impl CmdError {
 
 impl From<StoreError> for CmdError {
     fn from(e: StoreError) -> Self {
-        tracing::error!(error = %e, "store error");
-        Self(format!("ERR {e}").into())
+        match e {
+            StoreError::Unavailable(q) => {
+                tracing::warn!(error = %q, "quorum not reached");
+                Self(format!("UNAVAILABLE {q}").into())
+            }
+            StoreError::BadLevel(why) => Self(format!("ERR {why}").into()),
+            other => {
+                tracing::error!(error = %other, "store error");
+                Self(format!("ERR {other}").into())
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::command::{CmdError, Cx, Reply, is, parse_i64};
 use super::frame::{Frame, Protocol};
-use crate::coordinator::{Level, Store};
+use crate::coordinator::{Consistency, Level, Store};
 
 pub(crate) fn ping(args: &[Bytes]) -> Reply {
     match args {
@@ -167,7 +167,10 @@ pub(crate) fn client<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
 
 pub(crate) fn consistency<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     let mut rest = &args[1..];
-    let (mut read, mut write) = (cx.session.read_level, cx.session.write_level);
+    let Consistency {
+        mut read,
+        mut write,
+    } = cx.session.consistency;
     while let [which, level, tail @ ..] = rest {
         let level = std::str::from_utf8(level)
             .ok()
@@ -197,8 +200,7 @@ pub(crate) fn consistency<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
             ));
         }
     }
-    cx.session.read_level = read;
-    cx.session.write_level = write;
+    cx.session.consistency = Consistency { read, write };
     let s = |text: &'static str| Frame::Bulk(Bytes::from_static(text.as_bytes()));
     Ok(Frame::Map(vec![
         (s("read"), Frame::Bulk(read.to_string().into())),

@@ -16,7 +16,12 @@ pub(crate) async fn del<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
         let key = cx.check_key(key)?;
         let outcome = cx
             .store()
-            .write(cx.session.keyspace, key, WriteCmd::Delete)
+            .write(
+                cx.session.keyspace,
+                key,
+                WriteCmd::Delete,
+                cx.session.consistency,
+            )
             .await?;
         deleted += i64::from(outcome.applied);
     }
@@ -27,7 +32,12 @@ pub(crate) async fn exists<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Repl
     let mut found = 0;
     for key in &args[1..] {
         let key = cx.check_key(key)?;
-        found += i64::from(cx.store().get(cx.session.keyspace, key).await?.is_some());
+        found += i64::from(
+            cx.store()
+                .get(cx.session.keyspace, key, cx.session.consistency)
+                .await?
+                .is_some(),
+        );
     }
     Ok(Frame::Integer(found))
 }
@@ -82,14 +92,21 @@ pub(crate) async fn expire<S: Store>(cx: &mut Cx<'_, S>, cmd: Cmd, args: &[Bytes
         at_ms: Some(at),
         condition,
     };
-    let outcome = cx.store().write(cx.session.keyspace, key, write).await?;
+    let outcome = cx
+        .store()
+        .write(cx.session.keyspace, key, write, cx.session.consistency)
+        .await?;
     Ok(Frame::Integer(i64::from(outcome.applied)))
 }
 
 pub(crate) async fn ttl<S: Store>(cx: &mut Cx<'_, S>, cmd: Cmd, args: &[Bytes]) -> Reply {
     let key = cx.check_key(&args[1])?;
     let now = cx.store().now_ms();
-    let Some(entry) = cx.store().get(cx.session.keyspace, key).await? else {
+    let Some(entry) = cx
+        .store()
+        .get(cx.session.keyspace, key, cx.session.consistency)
+        .await?
+    else {
         return Ok(Frame::Integer(-2));
     };
     let Some(at) = entry.expiry_ms else {
@@ -110,13 +127,20 @@ pub(crate) async fn persist<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Rep
         at_ms: None,
         condition: ExpireCondition::Always,
     };
-    let outcome = cx.store().write(cx.session.keyspace, key, write).await?;
+    let outcome = cx
+        .store()
+        .write(cx.session.keyspace, key, write, cx.session.consistency)
+        .await?;
     Ok(Frame::Integer(i64::from(outcome.applied)))
 }
 
 pub(crate) async fn key_type<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     let key = cx.check_key(&args[1])?;
-    let found = cx.store().get(cx.session.keyspace, key).await?.is_some();
+    let found = cx
+        .store()
+        .get(cx.session.keyspace, key, cx.session.consistency)
+        .await?
+        .is_some();
     Ok(Frame::Simple(if found { "string" } else { "none" }.into()))
 }
 

@@ -25,7 +25,7 @@ use super::codec::{DecodeLimits, RequestDecoder};
 use super::command::{Cx, dispatch};
 use super::frame::{Frame, Protocol};
 use crate::config::FsyncPolicy;
-use crate::coordinator::{KeyspaceId, Level, Store};
+use crate::coordinator::{Consistency, KeyspaceId, Store};
 
 /// Settings of the RESP server.
 #[derive(Debug, Clone)]
@@ -142,8 +142,7 @@ pub(crate) struct Session {
     pub keyspace: KeyspaceId,
     pub authenticated: bool,
     pub name: Option<Bytes>,
-    pub read_level: Level,
-    pub write_level: Level,
+    pub consistency: Consistency,
     pub quit: bool,
     /// Commands run on this connection (drives latency sampling).
     pub commands: u64,
@@ -293,8 +292,7 @@ async fn serve<S: Store>(
         keyspace: 0,
         authenticated: shared.config.requirepass.is_none(),
         name: None,
-        read_level: Level::Quorum,
-        write_level: Level::Quorum,
+        consistency: Consistency::default(),
         quit: false,
         commands: 0,
     };

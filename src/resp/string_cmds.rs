@@ -80,7 +80,10 @@ fn bulk_or_null(value: Option<Bytes>) -> Frame {
 
 pub(crate) async fn get<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     let key = cx.check_key(&args[1])?;
-    let entry = cx.store().get(cx.session.keyspace, key).await?;
+    let entry = cx
+        .store()
+        .get(cx.session.keyspace, key, cx.session.consistency)
+        .await?;
     Ok(bulk_or_null(entry.map(|e| e.value)))
 }
 
@@ -136,7 +139,10 @@ pub(crate) async fn set<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
         expiry,
         condition: opts.condition,
     };
-    let outcome = cx.store().write(cx.session.keyspace, key, cmd).await?;
+    let outcome = cx
+        .store()
+        .write(cx.session.keyspace, key, cmd, cx.session.consistency)
+        .await?;
     Ok(match (opts.get, outcome.applied) {
         (true, _) => bulk_or_null(outcome.previous.map(|e| e.value)),
         (false, true) => Frame::ok(),
@@ -158,7 +164,9 @@ pub(crate) async fn setex<S: Store>(cx: &mut Cx<'_, S>, cmd: Cmd, args: &[Bytes]
         expiry: ExpiryUpdate::At(at),
         condition: SetCondition::Always,
     };
-    cx.store().write(cx.session.keyspace, key, write).await?;
+    cx.store()
+        .write(cx.session.keyspace, key, write, cx.session.consistency)
+        .await?;
     Ok(Frame::ok())
 }
 
@@ -170,7 +178,10 @@ pub(crate) async fn setnx<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
         expiry: default_expiry(cx),
         condition: SetCondition::IfAbsent,
     };
-    let outcome = cx.store().write(cx.session.keyspace, key, write).await?;
+    let outcome = cx
+        .store()
+        .write(cx.session.keyspace, key, write, cx.session.consistency)
+        .await?;
     Ok(Frame::Integer(i64::from(outcome.applied)))
 }
 
@@ -178,7 +189,12 @@ pub(crate) async fn getdel<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Repl
     let key = cx.check_key(&args[1])?;
     let outcome = cx
         .store()
-        .write(cx.session.keyspace, key, WriteCmd::Delete)
+        .write(
+            cx.session.keyspace,
+            key,
+            WriteCmd::Delete,
+            cx.session.consistency,
+        )
         .await?;
     Ok(bulk_or_null(outcome.previous.map(|e| e.value)))
 }
@@ -199,7 +215,10 @@ pub(crate) async fn getex<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
         at_ms,
         condition: ExpireCondition::Always,
     };
-    let outcome = cx.store().write(cx.session.keyspace, key, write).await?;
+    let outcome = cx
+        .store()
+        .write(cx.session.keyspace, key, write, cx.session.consistency)
+        .await?;
     Ok(bulk_or_null(outcome.previous.map(|e| e.value)))
 }
 
@@ -207,7 +226,10 @@ pub(crate) async fn mget<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply 
     let mut values = Vec::with_capacity(args.len() - 1);
     for key in &args[1..] {
         let key = cx.check_key(key)?;
-        let entry = cx.store().get(cx.session.keyspace, key).await?;
+        let entry = cx
+            .store()
+            .get(cx.session.keyspace, key, cx.session.consistency)
+            .await?;
         values.push(bulk_or_null(entry.map(|e| e.value)));
     }
     Ok(Frame::Array(values))
@@ -233,7 +255,7 @@ pub(crate) async fn mset<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply 
             condition: SetCondition::Always,
         };
         cx.store()
-            .write(cx.session.keyspace, &pair[0], write)
+            .write(cx.session.keyspace, &pair[0], write, cx.session.consistency)
             .await?;
     }
     Ok(Frame::ok())
@@ -241,7 +263,10 @@ pub(crate) async fn mset<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply 
 
 pub(crate) async fn strlen<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     let key = cx.check_key(&args[1])?;
-    let entry = cx.store().get(cx.session.keyspace, key).await?;
+    let entry = cx
+        .store()
+        .get(cx.session.keyspace, key, cx.session.consistency)
+        .await?;
     Ok(Frame::Integer(entry.map_or(0, |e| e.value.len() as i64)))
 }
 

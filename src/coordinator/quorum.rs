@@ -1,0 +1,638 @@
+//! The quorum coordinator: any node coordinates any request (DESIGN.md §3).
+//!
+//! A write is stamped with this node's HLC, sent to all `n` primaries of the
+//! key's partition in parallel and acknowledged once `w` of them merged it;
+//! the rest finish in the background. A read asks the primaries and answers
+//! once `r` replied, with the merge of what they hold. Only primaries count
+//! (strict quorum). Invariant: with `r + w > n`, a read that starts after a
+//! write was acknowledged meets at least one replica holding it, and merge
+//! keeps the newest version, so it never returns anything older.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use parking_lot::RwLock;
+
+use super::{
+    Consistency, Decision, Entry, ExpiryUpdate, KeyspaceId, Keyspaces, Level, LocalStore,
+    SetCondition, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
+};
+use crate::net::{NetError, Request, Response, Transport};
+use crate::ring::{self, Layout};
+use crate::version::{NodeId, Record, Version};
+
+/// Why a quorum was not reached: what was needed, what answered, and why
+/// each other replica did not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct QuorumError {
+    /// `"read"` or `"write"`.
+    pub op: &'static str,
+    /// Replicas that had to answer.
+    pub needed: usize,
+    /// Replicas that did.
+    pub acked: usize,
+    /// Each failed replica and why.
+    pub causes: Vec<(String, String)>,
+    /// True when a write may have been applied on some replicas anyway.
+    pub may_have_applied: bool,
+}
+
+impl QuorumError {
+    fn describe(&self) -> String {
+        let causes: Vec<String> = self
+            .causes
+            .iter()
+            .map(|(node, why)| format!("{node}: {why}"))
+            .collect();
+        let mut text = format!(
+            "{} needed {} replicas, {} answered; {}",
+            self.op,
+            self.needed,
+            self.acked,
+            causes.join(", ")
+        );
+        if self.may_have_applied {
+            text.push_str("; the write may have been applied on some replicas");
+        }
+        text
+    }
+}
+
+/// The settings of a [`QuorumStore`].
+pub struct QuorumConfig {
+    /// This node's name in the layout.
+    pub node_name: String,
+    /// This node's id in versions.
+    pub node_id: NodeId,
+    /// Partition count `Q`.
+    pub partitions: u32,
+}
+
+/// A [`Store`] that replicates over a cluster.
+pub struct QuorumStore<T: Transport> {
+    local: Arc<LocalStore>,
+    transport: Arc<T>,
+    me: Arc<str>,
+    node_id: NodeId,
+    partitions: u32,
+    keyspaces: Keyspaces,
+    // NOTE: a blocking lock held only to clone the Arc out, never across an await.
+    layout: RwLock<Arc<Layout>>,
+}
+
+/// One replica's answer, or why there is none.
+type ReplicaResult = (Arc<str>, Result<Response, String>);
+
+/// The primaries of a key and the replication factor wanted.
+struct Plan {
+    primaries: Vec<Arc<str>>,
+    n: usize,
+}
+
+impl<T: Transport> QuorumStore<T> {
+    /// A coordinator over `local` (this node's replica) and `transport`.
+    pub fn new(
+        config: QuorumConfig,
+        local: Arc<LocalStore>,
+        transport: Arc<T>,
+        layout: Layout,
+    ) -> Self {
+        Self {
+            keyspaces: Store::keyspaces(&*local).clone(),
+            local,
+            transport,
+            me: config.node_name.into(),
+            node_id: config.node_id,
+            partitions: config.partitions,
+            layout: RwLock::new(Arc::new(layout)),
+        }
+    }
+
+    /// Installs a newer layout.
+    pub fn set_layout(&self, layout: Layout) {
+        *self.layout.write() = Arc::new(layout);
+    }
+
+    /// The layout in force.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.read().clone()
+    }
+
+    fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Plan, StoreError> {
+        let config = self.keyspaces.get(ks);
+        let n = config.n as usize;
+        let partition = ring::partition_of(&config.name, key, self.partitions);
+        let layout = self.layout();
+        let list = layout
+            .preference_list(partition, n)
+            .map_err(|e| StoreError::Layout(e.to_string()))?;
+        let primaries = list
+            .primaries
+            .iter()
+            .filter_map(|i| layout.node(*i).map(|spec| Arc::from(spec.name.as_str())))
+            .collect();
+        Ok(Plan { primaries, n })
+    }
+
+    fn required(level: Level, n: usize) -> Result<usize, StoreError> {
+        let needed = level.required(n as u32) as usize;
+        if needed > n {
+            return Err(StoreError::BadLevel(format!(
+                "consistency level {level} needs {needed} replicas but the keyspace has n={n}"
+            )));
+        }
+        Ok(needed)
+    }
+
+    /// Sends `request` to every primary and returns once `needed` answered
+    /// well, or all answered. Unfinished calls keep running in the background
+    /// when `finish_late` (writes), and are dropped otherwise (reads).
+    async fn fan_out(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        primaries: &[Arc<str>],
+        request: Request,
+        needed: usize,
+        finish_late: bool,
+    ) -> (Vec<ReplicaResult>, Vec<ReplicaResult>) {
+        let mut calls = FuturesUnordered::new();
+        for node in primaries {
+            calls.push(self.call_replica(node.clone(), ks, key.clone(), request.clone()));
+        }
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        while good.len() < needed {
+            let Some((node, result)) = calls.next().await else {
+                break;
+            };
+            match result {
+                Ok(Response::Error(why)) => bad.push((node, Err(why))),
+                Ok(response) => good.push((node, Ok(response))),
+                Err(why) => bad.push((node, Err(why))),
+            }
+        }
+        if finish_late && !calls.is_empty() {
+            tokio::spawn(async move { while calls.next().await.is_some() {} });
+        }
+        (good, bad)
+    }
+
+    fn call_replica(
+        &self,
+        node: Arc<str>,
+        ks: KeyspaceId,
+        key: Bytes,
+        request: Request,
+    ) -> impl std::future::Future<Output = ReplicaResult> + Send + 'static {
+        let local = (*node == *self.me).then(|| self.local.clone());
+        let transport = self.transport.clone();
+        async move {
+            let result = match local {
+                Some(local) => serve_locally(&local, ks, &key, request).await,
+                None => transport
+                    .call(&node, request)
+                    .await
+                    .map_err(|e: NetError| e.to_string()),
+            };
+            (node, result)
+        }
+    }
+
+    fn unavailable(
+        op: &'static str,
+        needed: usize,
+        good: usize,
+        bad: Vec<ReplicaResult>,
+        plan: &Plan,
+    ) -> StoreError {
+        let mut causes: Vec<(String, String)> = bad
+            .into_iter()
+            .map(|(node, r)| (node.to_string(), r.err().unwrap_or_default()))
+            .collect();
+        if plan.primaries.len() < plan.n {
+            causes.push((
+                "layout".into(),
+                format!(
+                    "only {} nodes hold replicas (n={})",
+                    plan.primaries.len(),
+                    plan.n
+                ),
+            ));
+        }
+        let may_have_applied =
+            op == "write" && (good > 0 || causes.iter().any(|(_, why)| why.contains("timed out")));
+        StoreError::Unavailable(QuorumError {
+            op,
+            needed,
+            acked: good,
+            causes,
+            may_have_applied,
+        })
+    }
+
+    /// Reads `key` at `level`: the merge of the records of `r` primaries.
+    async fn quorum_read(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        level: Level,
+    ) -> Result<Option<Record>, StoreError> {
+        let plan = self.plan(ks, key)?;
+        let needed = Self::required(level, plan.n)?;
+        let request = Request::Read {
+            keyspace: self.keyspaces.get(ks).name.clone(),
+            key: key.clone(),
+        };
+        let (good, bad) = self
+            .fan_out(ks, key, &plan.primaries, request, needed, false)
+            .await;
+        if good.len() < needed {
+            return Err(Self::unavailable("read", needed, good.len(), bad, &plan));
+        }
+        let mut merged: Option<Record> = None;
+        for (_, response) in good {
+            if let Ok(Response::Record(Some(raw))) = response {
+                let record = Record::decode(raw)?;
+                merged = Some(match merged {
+                    Some(m) => m.merge(record),
+                    None => record,
+                });
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Writes `record` to the primaries of `key` at `level`.
+    async fn quorum_write(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        record: Record,
+        level: Level,
+    ) -> Result<(), StoreError> {
+        let plan = self.plan(ks, key)?;
+        let needed = Self::required(level, plan.n)?;
+        let request = Request::Write {
+            keyspace: self.keyspaces.get(ks).name.clone(),
+            key: key.clone(),
+            record: record.encode(),
+        };
+        let (good, bad) = self
+            .fan_out(ks, key, &plan.primaries, request, needed, true)
+            .await;
+        if good.len() < needed {
+            return Err(Self::unavailable("write", needed, good.len(), bad, &plan));
+        }
+        Ok(())
+    }
+}
+
+/// The coordinator's own replica answers without the network.
+async fn serve_locally(
+    local: &LocalStore,
+    ks: KeyspaceId,
+    key: &[u8],
+    request: Request,
+) -> Result<Response, String> {
+    match request {
+        Request::Ping => Ok(Response::Pong),
+        Request::Read { .. } => local
+            .read_stored(ks, key)
+            .map(|r| Response::Record(r.map(|r| r.encode())))
+            .map_err(|e| e.to_string()),
+        Request::Write { record, .. } => {
+            let record = Record::decode(record).map_err(|e| e.to_string())?;
+            local
+                .merge_stored(ks, key, record)
+                .map_err(|e| e.to_string())?;
+            local.commit().await.map_err(|e| e.to_string())?;
+            Ok(Response::Written)
+        }
+    }
+}
+
+/// True when a command's effect does not depend on the current value, so
+/// the coordinator can skip the read.
+fn is_blind(cmd: &WriteCmd) -> bool {
+    matches!(
+        cmd,
+        WriteCmd::Set {
+            condition: SetCondition::Always,
+            expiry: ExpiryUpdate::Clear | ExpiryUpdate::At(_),
+            ..
+        }
+    )
+}
+
+impl<T: Transport> Store for QuorumStore<T> {
+    fn keyspaces(&self) -> &Keyspaces {
+        &self.keyspaces
+    }
+
+    async fn get(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<Entry>, StoreError> {
+        let key = Bytes::copy_from_slice(key);
+        let record = self.quorum_read(ks, &key, consistency.read).await?;
+        let now = self.now_ms();
+        Ok(record.and_then(|r| {
+            r.live_value(now).map(|value| Entry {
+                value: value.clone(),
+                expiry_ms: r.expiry_ms,
+            })
+        }))
+    }
+
+    async fn write(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        cmd: WriteCmd,
+        consistency: Consistency,
+    ) -> Result<WriteOutcome, StoreError> {
+        let key = Bytes::copy_from_slice(key);
+        let now = self.now_ms();
+        let previous = if is_blind(&cmd) {
+            None
+        } else {
+            let record = self.quorum_read(ks, &key, consistency.read).await?;
+            record.and_then(|r| {
+                r.live_value(now).map(|value| Entry {
+                    value: value.clone(),
+                    expiry_ms: r.expiry_ms,
+                })
+            })
+        };
+        let version = Version {
+            timestamp: self.local.hlc().now(),
+            node: self.node_id,
+        };
+        let record = match cmd.evaluate(previous.as_ref(), now) {
+            Decision::Skip => {
+                return Ok(WriteOutcome {
+                    applied: false,
+                    previous,
+                });
+            }
+            Decision::Put { value, expiry_ms } => Record::value(version, value, expiry_ms),
+            Decision::Delete => Record::tombstone(version),
+        };
+        self.quorum_write(ks, &key, record, consistency.write)
+            .await?;
+        Ok(WriteOutcome {
+            applied: true,
+            previous,
+        })
+    }
+
+    async fn dbsize(&self, ks: KeyspaceId) -> Result<u64, StoreError> {
+        // NOTE: the keys this node holds a replica of; a cluster-wide count
+        // would need every node and still double-count replicas.
+        self.local.dbsize(ks).await
+    }
+
+    async fn commit(&self) -> Result<(), StoreError> {
+        // Replica writes commit before they acknowledge (see serve_locally).
+        Ok(())
+    }
+
+    fn replication(&self, ks: KeyspaceId) -> u32 {
+        self.keyspaces.get(ks).n
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.local.stats()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.local.now_ms()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet};
+
+    use super::*;
+    use crate::config::{FsyncPolicy, KeyspaceConfig};
+    use crate::coordinator::{LocalStoreConfig, ReplicaHandler};
+    use crate::net::{Handler, PeerId};
+    use crate::ring::NodeSpec;
+    use crate::storage::MemoryEngine;
+    use crate::version::{Hlc, ManualClock};
+
+    /// Calls replicas in-process; nodes in `down` are unreachable.
+    struct TestNet {
+        from: String,
+        replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
+        down: Arc<parking_lot::Mutex<HashSet<String>>>,
+    }
+
+    impl Transport for TestNet {
+        async fn call(&self, to: &PeerId, request: Request) -> Result<Response, NetError> {
+            if self.down.lock().contains(to) {
+                return Err(NetError::Unreachable("connection refused".into()));
+            }
+            let handler = self
+                .replicas
+                .get(to)
+                .ok_or_else(|| NetError::UnknownPeer(to.into()))?;
+            Ok(handler.handle(&self.from, request).await)
+        }
+    }
+
+    struct Cluster {
+        coordinators: Vec<QuorumStore<TestNet>>,
+        down: Arc<parking_lot::Mutex<HashSet<String>>>,
+    }
+
+    fn cluster(nodes: usize) -> Cluster {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+        let stores: Vec<Arc<LocalStore>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                Arc::new(
+                    LocalStore::open(LocalStoreConfig {
+                        engine: Arc::new(MemoryEngine::new()),
+                        hlc: Arc::new(Hlc::new(clock.clone(), 60_000)),
+                        node: i as NodeId,
+                        partitions: 64,
+                        keyspaces: Keyspaces::new(vec![KeyspaceConfig::default()]),
+                        fsync: FsyncPolicy::No,
+                    })
+                    .unwrap(),
+                )
+            })
+            .collect();
+        let replicas: Arc<HashMap<_, _>> = Arc::new(
+            names
+                .iter()
+                .zip(&stores)
+                .map(|(n, s)| (n.clone(), Arc::new(ReplicaHandler::new(s.clone()))))
+                .collect(),
+        );
+        let layout = Layout::initial(64, names.iter().map(NodeSpec::new).collect()).unwrap();
+        let down = Arc::new(parking_lot::Mutex::new(HashSet::new()));
+        let coordinators = names
+            .iter()
+            .zip(&stores)
+            .enumerate()
+            .map(|(i, (name, store))| {
+                let net = TestNet {
+                    from: name.clone(),
+                    replicas: replicas.clone(),
+                    down: down.clone(),
+                };
+                let config = QuorumConfig {
+                    node_name: name.clone(),
+                    node_id: i as NodeId,
+                    partitions: 64,
+                };
+                QuorumStore::new(config, store.clone(), Arc::new(net), layout.clone())
+            })
+            .collect();
+        Cluster { coordinators, down }
+    }
+
+    fn set(value: &'static [u8]) -> WriteCmd {
+        WriteCmd::Set {
+            value: Bytes::from_static(value),
+            expiry: ExpiryUpdate::Clear,
+            condition: SetCondition::Always,
+        }
+    }
+
+    fn levels(read: Level, write: Level) -> Consistency {
+        Consistency { read, write }
+    }
+
+    const QUORUM: Consistency = Consistency {
+        read: Level::Quorum,
+        write: Level::Quorum,
+    };
+
+    #[tokio::test]
+    async fn a_write_through_any_node_reads_back_through_every_node() {
+        let c = cluster(3);
+        for (i, writer) in c.coordinators.iter().enumerate() {
+            let key = format!("key{i}");
+            writer
+                .write(0, key.as_bytes(), set(b"v"), QUORUM)
+                .await
+                .unwrap();
+            for reader in &c.coordinators {
+                let got = reader.get(0, key.as_bytes(), QUORUM).await.unwrap();
+                assert_eq!(got.unwrap().value, "v");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn one_node_down_quorum_works_all_fails_with_causes() {
+        let c = cluster(3);
+        c.down.lock().insert("n3".into());
+        let coordinator = &c.coordinators[0];
+        coordinator.write(0, b"k", set(b"v"), QUORUM).await.unwrap();
+        let got = coordinator.get(0, b"k", QUORUM).await.unwrap();
+        assert_eq!(got.unwrap().value, "v");
+        let all = levels(Level::All, Level::All);
+        let err = coordinator
+            .write(0, b"k", set(b"w"), all)
+            .await
+            .unwrap_err();
+        let StoreError::Unavailable(q) = &err else {
+            panic!("expected Unavailable, got {err}");
+        };
+        assert_eq!((q.needed, q.acked), (3, 2));
+        assert_eq!(q.causes.len(), 1);
+        assert_eq!(q.causes[0].0, "n3");
+        assert!(q.causes[0].1.contains("unreachable"), "{err}");
+        assert!(q.may_have_applied, "two replicas took the write");
+        assert!(coordinator.get(0, b"k", all).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn two_nodes_down_quorum_fails_then_recovers() {
+        let c = cluster(3);
+        c.down.lock().extend(["n2".to_string(), "n3".to_string()]);
+        let err = c.coordinators[0]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("needed 2 replicas, 1 answered"),
+            "{err}"
+        );
+        let one = levels(Level::One, Level::One);
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), one)
+            .await
+            .unwrap();
+        c.down.lock().clear();
+        c.coordinators[1]
+            .write(0, b"k", set(b"w"), QUORUM)
+            .await
+            .unwrap();
+        let got = c.coordinators[2].get(0, b"k", QUORUM).await.unwrap();
+        assert_eq!(got.unwrap().value, "w");
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_and_deletes_see_the_quorum() {
+        let c = cluster(3);
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap();
+        let nx = WriteCmd::Set {
+            value: Bytes::from_static(b"other"),
+            expiry: ExpiryUpdate::Clear,
+            condition: SetCondition::IfAbsent,
+        };
+        let out = c.coordinators[1].write(0, b"k", nx, QUORUM).await.unwrap();
+        assert!(!out.applied);
+        assert_eq!(out.previous.unwrap().value, "v");
+        let del = c.coordinators[2]
+            .write(0, b"k", WriteCmd::Delete, QUORUM)
+            .await
+            .unwrap();
+        assert!(del.applied);
+        assert_eq!(c.coordinators[0].get(0, b"k", QUORUM).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn impossible_levels_are_refused() {
+        let c = cluster(3);
+        let err = c.coordinators[0]
+            .write(0, b"k", set(b"v"), levels(Level::Quorum, Level::Count(4)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::BadLevel(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fewer_nodes_than_n_is_reported() {
+        let c = cluster(2);
+        let all = levels(Level::All, Level::All);
+        let err = c.coordinators[0]
+            .write(0, b"k", set(b"v"), all)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("only 2 nodes hold replicas"),
+            "{err}"
+        );
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap();
+    }
+}

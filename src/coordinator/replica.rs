@@ -1,0 +1,165 @@
+//! The replica side of replication: raw record reads and merges on the local
+//! store, served to other nodes through [`ReplicaHandler`].
+//!
+//! Invariant: a replica only ever merges ([`Record::merge`]), so applying the
+//! same write twice, or writes in any order, converges to the same record; a
+//! write is acknowledged only after it is committed under the fsync policy.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{KeyspaceId, LocalStore, Store, StoreError};
+use crate::net::{Handler, PeerId, Request, Response};
+use crate::version::Record;
+
+impl LocalStore {
+    /// The stored record of `key`, tombstones and expired values included.
+    pub fn read_stored(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Record>, StoreError> {
+        self.with_key_lock(ks, key, |storage_key| self.read_record(storage_key))
+    }
+
+    /// Merges `record` into what is stored for `key`. Refuses a record whose
+    /// timestamp is too far ahead of this node's clock; otherwise advances
+    /// the clock past it, so later local writes order after it.
+    pub fn merge_stored(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        record: Record,
+    ) -> Result<(), StoreError> {
+        self.hlc().observe(record.version.timestamp)?;
+        self.with_key_lock(ks, key, |storage_key| {
+            let old = self.read_record(storage_key)?;
+            let merged = match &old {
+                Some(old) => old.clone().merge(record),
+                None => record,
+            };
+            if old.as_ref() == Some(&merged) {
+                return Ok(());
+            }
+            self.replace_locked(ks, storage_key, old.as_ref(), Some(&merged))
+        })
+    }
+}
+
+/// Serves [`Request`]s from other nodes against the local store.
+pub struct ReplicaHandler {
+    store: Arc<LocalStore>,
+}
+
+impl ReplicaHandler {
+    /// A handler over `store`.
+    pub fn new(store: Arc<LocalStore>) -> Self {
+        Self { store }
+    }
+
+    fn keyspace(&self, name: &str) -> Result<KeyspaceId, String> {
+        let keyspaces = Store::keyspaces(&*self.store);
+        keyspaces
+            .iter()
+            .position(|k| k.name == name)
+            .ok_or_else(|| format!("unknown keyspace {name:?} on this node"))
+    }
+
+    async fn write(&self, keyspace: &str, key: &Bytes, record: Bytes) -> Result<(), String> {
+        let ks = self.keyspace(keyspace)?;
+        let record = Record::decode(record).map_err(|e| e.to_string())?;
+        self.store
+            .merge_stored(ks, key, record)
+            .map_err(|e| e.to_string())?;
+        self.store.commit().await.map_err(|e| e.to_string())
+    }
+}
+
+impl Handler for ReplicaHandler {
+    async fn handle(&self, from: &PeerId, request: Request) -> Response {
+        let result = match request {
+            Request::Ping => return Response::Pong,
+            Request::Read { keyspace, key } => self
+                .keyspace(&keyspace)
+                .and_then(|ks| self.store.read_stored(ks, &key).map_err(|e| e.to_string()))
+                .map(|record| Response::Record(record.map(|r| r.encode()))),
+            Request::Write {
+                keyspace,
+                key,
+                record,
+            } => self
+                .write(&keyspace, &key, record)
+                .await
+                .map(|()| Response::Written),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::warn!(peer = %from, error = %e, "replica request failed");
+            Response::Error(e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::Consistency;
+    use crate::coordinator::local::testing::memory_store;
+    use crate::version::{ManualClock, Timestamp, Version};
+
+    fn record(ms: u64, value: &'static [u8]) -> Record {
+        Record::value(
+            Version {
+                timestamp: Timestamp::from_ms(ms),
+                node: 9,
+            },
+            Bytes::from_static(value),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn merges_keep_the_newest_in_any_order() {
+        let store = memory_store(Arc::new(ManualClock::new(10_000)));
+        store.merge_stored(0, b"k", record(20, b"new")).unwrap();
+        store.merge_stored(0, b"k", record(10, b"old")).unwrap();
+        store.merge_stored(0, b"k", record(20, b"new")).unwrap();
+        let got = store.get(0, b"k", Consistency::default()).await.unwrap();
+        assert_eq!(got.unwrap().value, "new");
+        assert_eq!(store.dbsize(0).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_from_the_far_future_is_refused() {
+        let store = memory_store(Arc::new(ManualClock::new(10_000)));
+        let err = store
+            .merge_stored(0, b"k", record(10_000_000, b"x"))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::ClockSkew(_)), "{err}");
+        assert!(store.read_stored(0, b"k").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn handler_reads_and_writes() {
+        let store = Arc::new(memory_store(Arc::new(ManualClock::new(10_000))));
+        let handler = ReplicaHandler::new(store.clone());
+        let write = Request::Write {
+            keyspace: "default".into(),
+            key: Bytes::from_static(b"k"),
+            record: record(5, b"v").encode(),
+        };
+        assert_eq!(handler.handle("n2", write).await, Response::Written);
+        let read = Request::Read {
+            keyspace: "default".into(),
+            key: Bytes::from_static(b"k"),
+        };
+        assert_eq!(
+            handler.handle("n2", read).await,
+            Response::Record(Some(record(5, b"v").encode()))
+        );
+        let bad = Request::Read {
+            keyspace: "nope".into(),
+            key: Bytes::from_static(b"k"),
+        };
+        assert!(matches!(
+            handler.handle("n2", bad).await,
+            Response::Error(_)
+        ));
+    }
+}

@@ -1,0 +1,96 @@
+//! Internode messaging: the requests replicas send each other, and the
+//! [`Transport`] seam they travel through.
+//!
+//! The coordinator only sees [`Transport`]; the TCP implementation and the
+//! fault-injecting one used by tests live behind it (STYLE.md rule 7).
+//! Invariant: a [`Transport::call`] resolves exactly once, with the peer's
+//! [`Response`] or a [`NetError`] that says why there is none; it never
+//! waits longer than the transport's request timeout.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A node's name: its identity in the layout and on the wire.
+pub type PeerId = str;
+
+/// What one replica asks another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness probe.
+    Ping,
+    /// The stored record of a key (an encoded [`crate::version::Record`],
+    /// tombstones and expired values included), or none.
+    Read {
+        /// Keyspace name.
+        keyspace: String,
+        /// User key.
+        key: Bytes,
+    },
+    /// Merge this encoded [`crate::version::Record`] into the replica.
+    Write {
+        /// Keyspace name.
+        keyspace: String,
+        /// User key.
+        key: Bytes,
+        /// The encoded record.
+        record: Bytes,
+    },
+}
+
+/// A replica's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// Answer to [`Request::Read`].
+    Record(Option<Bytes>),
+    /// Answer to [`Request::Write`]: merged and as durable as the replica's
+    /// fsync policy promises.
+    Written,
+    /// The replica failed the request.
+    Error(String),
+}
+
+/// Why a call got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    /// No answer within the request timeout (the request may have been applied).
+    #[error("timed out")]
+    Timeout,
+    /// The peer could not be reached (connection refused, reset, no route).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The peer is not in this node's view of the cluster.
+    #[error("unknown peer {0}")]
+    UnknownPeer(String),
+    /// Too many requests already in flight to this peer.
+    #[error("overloaded: {0} requests in flight")]
+    Overloaded(usize),
+    /// The peer did not prove it knows the cluster secret, or refused ours.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// A frame could not be encoded or decoded.
+    #[error("bad frame: {0}")]
+    Codec(String),
+    /// The transport is shutting down.
+    #[error("transport closed")]
+    Closed,
+}
+
+/// Sends requests to peers.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` to `to` and waits for its answer.
+    fn call(
+        &self,
+        to: &PeerId,
+        request: Request,
+    ) -> impl Future<Output = Result<Response, NetError>> + Send;
+}
+
+/// Serves requests from peers.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request from `from`.
+    fn handle(&self, from: &PeerId, request: Request) -> impl Future<Output = Response> + Send;
+}
