@@ -91,6 +91,7 @@ impl Node {
             engine,
             hlc: Arc::new(Hlc::new(clock, config.limits.max_clock_skew_ms)),
             node: node_id(&config.node.name),
+            node_name: config.node.name.clone(),
             partitions: config.cluster.partitions,
             keyspaces: keyspaces.clone(),
             fsync: config.storage.fsync,

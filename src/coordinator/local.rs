@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 
 use super::commit::GroupCommit;
 use super::{
-    Consistency, Decision, Entry, KeyspaceId, Keyspaces, Store, StoreError, StoreStats, WriteCmd,
-    WriteOutcome,
+    Consistency, Decision, Entry, KeyspaceId, Keyspaces, Level, Placement, Store, StoreError,
+    StoreStats, WriteCmd, WriteOutcome,
 };
 use crate::config::FsyncPolicy;
 use crate::ring;
@@ -30,6 +30,8 @@ pub struct LocalStoreConfig {
     pub hlc: Arc<Hlc>,
     /// This node's id (ties between equal timestamps).
     pub node: NodeId,
+    /// This node's name.
+    pub node_name: String,
     /// Partition count `Q`.
     pub partitions: u32,
     /// The keyspaces served.
@@ -43,6 +45,7 @@ pub struct LocalStore {
     engine: Arc<dyn Engine>,
     hlc: Arc<Hlc>,
     node: NodeId,
+    node_name: String,
     partitions: u32,
     keyspaces: Keyspaces,
     // NOTE: std-style blocking locks, never held across an await; they only
@@ -90,6 +93,7 @@ impl LocalStore {
             engine: config.engine,
             hlc: config.hlc,
             node: config.node,
+            node_name: config.node_name,
             partitions: config.partitions,
             keyspaces: config.keyspaces,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -235,6 +239,16 @@ impl LocalStore {
     }
 }
 
+/// A single node holds one replica: a level needing more can never be met.
+fn check_single_replica(level: Level) -> Result<(), StoreError> {
+    match level.required(1) {
+        1 => Ok(()),
+        needed => Err(StoreError::BadLevel(format!(
+            "consistency level {level} needs {needed} replicas but this node serves n=1"
+        ))),
+    }
+}
+
 impl Store for LocalStore {
     fn keyspaces(&self) -> &Keyspaces {
         &self.keyspaces
@@ -244,8 +258,9 @@ impl Store for LocalStore {
         &self,
         ks: KeyspaceId,
         key: &[u8],
-        _consistency: Consistency,
+        consistency: Consistency,
     ) -> Result<Option<Entry>, StoreError> {
+        check_single_replica(consistency.read)?;
         let located = self.locate(ks, key);
         let record = self.read_record(&located.storage_key)?;
         Ok(Self::live_entry(record.as_ref(), self.hlc.wall_ms()))
@@ -256,8 +271,10 @@ impl Store for LocalStore {
         ks: KeyspaceId,
         key: &[u8],
         cmd: WriteCmd,
-        _consistency: Consistency,
+        consistency: Consistency,
     ) -> Result<WriteOutcome, StoreError> {
+        check_single_replica(consistency.read)?;
+        check_single_replica(consistency.write)?;
         self.write_sync(ks, key, &cmd)
     }
 
@@ -292,6 +309,15 @@ impl Store for LocalStore {
     fn now_ms(&self) -> u64 {
         self.hlc.wall_ms()
     }
+
+    fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError> {
+        let name = &self.keyspaces.get(ks).name;
+        Ok(Placement {
+            partition: ring::partition_of(name, key, self.partitions),
+            primaries: vec![self.node_name.clone()],
+            fallbacks: Vec::new(),
+        })
+    }
 }
 
 /// Helpers for building a store in tests.
@@ -308,6 +334,7 @@ pub(crate) mod testing {
             engine: Arc::new(MemoryEngine::new()),
             hlc: Arc::new(Hlc::new(clock, 60_000)),
             node: 1,
+            node_name: "n1".into(),
             partitions: 1024,
             keyspaces: Keyspaces::new(vec![
                 KeyspaceConfig::default(),
@@ -488,6 +515,7 @@ mod tests {
                 engine,
                 hlc: Arc::new(Hlc::new(Arc::new(ManualClock::new(1_000)), 60_000)),
                 node: 1,
+                node_name: "n1".into(),
                 partitions: 1024,
                 keyspaces: Keyspaces::new(vec![Default::default()]),
                 fsync: FsyncPolicy::No,

@@ -127,6 +127,18 @@ pub enum StoreError {
     ClockSkew(#[from] ClockSkewError),
 }
 
+/// Where a key lives: its partition, the nodes holding its replicas, and
+/// the nodes that would stand in for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The key's partition.
+    pub partition: u16,
+    /// The `n` primaries, in preference order.
+    pub primaries: Vec<String>,
+    /// The other nodes, in the order they would stand in.
+    pub fallbacks: Vec<String>,
+}
+
 /// Counters a store reports for INFO and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStats {
@@ -176,6 +188,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters for INFO and /metrics.
     fn stats(&self) -> StoreStats;
+
+    /// Where `key` lives (`KV.WHERE`).
+    fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError>;
 
     /// Wall-clock ms as the store sees it (expiry arithmetic).
     fn now_ms(&self) -> u64;

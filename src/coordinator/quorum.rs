@@ -17,7 +17,7 @@ use parking_lot::RwLock;
 
 use super::{
     Consistency, Decision, Entry, ExpiryUpdate, KeyspaceId, Keyspaces, Level, LocalStore,
-    SetCondition, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
+    Placement, SetCondition, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
 };
 use crate::net::{NetError, Request, Response, Transport};
 use crate::ring::{self, Layout};
@@ -413,6 +413,26 @@ impl<T: Transport> Store for QuorumStore<T> {
     fn now_ms(&self) -> u64 {
         self.local.now_ms()
     }
+
+    fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError> {
+        let config = self.keyspaces.get(ks);
+        let partition = ring::partition_of(&config.name, key, self.partitions);
+        let layout = self.layout();
+        let list = layout
+            .preference_list(partition, config.n as usize)
+            .map_err(|e| StoreError::Layout(e.to_string()))?;
+        let names = |nodes: &[ring::NodeIndex]| -> Vec<String> {
+            nodes
+                .iter()
+                .filter_map(|i| layout.node(*i).map(|spec| spec.name.clone()))
+                .collect()
+        };
+        Ok(Placement {
+            partition,
+            primaries: names(&list.primaries),
+            fallbacks: names(&list.fallbacks),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -464,6 +484,7 @@ mod tests {
                         engine: Arc::new(MemoryEngine::new()),
                         hlc: Arc::new(Hlc::new(clock.clone(), 60_000)),
                         node: i as NodeId,
+                        node_name: names[i].clone(),
                         partitions: 64,
                         keyspaces: Keyspaces::new(vec![KeyspaceConfig::default()]),
                         fsync: FsyncPolicy::No,

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::frame::Frame;
 use super::server::{Session, Shared};
-use super::{conn_cmds, key_cmds, server_cmds, string_cmds};
+use super::{conn_cmds, key_cmds, kv_cmds, server_cmds, string_cmds};
 use crate::coordinator::{Store, StoreError};
 
 /// An error reply (its text starts with the error code, e.g. `ERR`).
@@ -191,6 +191,10 @@ commands! {
     Info => "info", -1, C;
     Command => "command", -1, C;
     Config => "config", -2, C;
+    KvGet => "kv.get", -2, R;
+    KvPut => "kv.put", -3, W;
+    KvDel => "kv.del", -2, W;
+    KvWhere => "kv.where", 2, R;
 }
 
 impl Cmd {
@@ -276,6 +280,10 @@ async fn run<S: Store>(cmd: Cmd, cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
         Info => server_cmds::info(cx, args),
         Command => server_cmds::command(args),
         Config => server_cmds::config(cx, args),
+        KvGet => kv_cmds::kv_get(cx, args).await,
+        KvPut => kv_cmds::kv_put(cx, args).await,
+        KvDel => kv_cmds::kv_del(cx, args).await,
+        KvWhere => kv_cmds::kv_where(cx, args),
     }
 }
 

@@ -10,6 +10,7 @@ mod command;
 mod conn_cmds;
 pub mod frame;
 mod key_cmds;
+mod kv_cmds;
 mod server;
 mod server_cmds;
 mod string_cmds;

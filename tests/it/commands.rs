@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::Value;
 use ringkv::config::KeyspaceConfig;
 
-use crate::support::{client_for, connect, err, field, map_pairs, ok, start_node, unix_ms};
+use crate::support::{client_for, connect, err, field, map_pairs, ok, q, start_node, unix_ms};
 
 #[tokio::test]
 async fn set_then_get_returns_the_value_binary_safe() {
@@ -774,5 +774,49 @@ async fn error_replies_use_redis_texts() {
     // The connection is still healthy after all of that.
     assert_eq!(ok::<String>(&mut c, &["PING"]).await, "PONG");
     assert_eq!(ok::<i64>(&mut c, &["DBSIZE"]).await, 0);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn kv_commands_take_per_request_levels_and_where_names_the_replica() {
+    let node = start_node(|c| c.node.name = "solo".into()).await;
+    let mut c = node.conn().await;
+    assert_eq!(
+        ok::<String>(&mut c, &["KV.PUT", "k", "v", "W", "one"]).await,
+        "OK"
+    );
+    assert_eq!(
+        ok::<String>(&mut c, &["KV.GET", "k", "R", "all"]).await,
+        "v"
+    );
+    assert_eq!(
+        ok::<String>(&mut c, &["KV.PUT", "t", "v", "PX", "100000", "W", "quorum"]).await,
+        "OK"
+    );
+    let pttl: i64 = ok(&mut c, &["PTTL", "t"]).await;
+    assert!((1..=100_000).contains(&pttl), "pttl {pttl}");
+    let e = err(&mut c, &["KV.GET", "k", "R", "two"]).await;
+    assert!(e.contains("needs 2 replicas") && e.contains("n=1"), "{e}");
+    let e = err(&mut c, &["KV.GET", "k", "R", "most"]).await;
+    assert!(e.contains("invalid consistency level"), "{e}");
+    assert!(
+        err(&mut c, &["KV.PUT", "k", "v", "W"])
+            .await
+            .contains("syntax error")
+    );
+    assert_eq!(ok::<i64>(&mut c, &["KV.DEL", "k", "W", "1"]).await, 1);
+    assert_eq!(ok::<i64>(&mut c, &["KV.DEL", "k"]).await, 0);
+    assert_eq!(ok::<Option<String>>(&mut c, &["KV.GET", "k"]).await, None);
+
+    let pairs = map_pairs(q::<Value>(&mut c, &["KV.WHERE", "k"]).await.unwrap());
+    let Value::Int(partition) = field(&pairs, "partition") else {
+        panic!("partition is not an integer: {pairs:?}");
+    };
+    assert!((0..1024).contains(partition));
+    assert_eq!(
+        field(&pairs, "primaries"),
+        &Value::Array(vec![Value::BulkString(b"solo".to_vec())])
+    );
+    assert_eq!(field(&pairs, "fallbacks"), &Value::Array(vec![]));
     node.shutdown().await;
 }
