@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub resp_addr: SocketAddr,
     /// HTTP listener (health, metrics). Default: `127.0.0.1:7380`.
     pub http_addr: SocketAddr,
+    /// Internode listener, used when `cluster.nodes` is set. Default: `127.0.0.1:7381`.
+    pub peer_addr: SocketAddr,
     /// Password clients must give with AUTH before anything else. Default: none.
     pub requirepass: Option<String>,
     /// Threads serving requests; 0 means one per CPU core. Default: 0.
@@ -52,6 +54,7 @@ impl Default for NodeConfig {
             name: "node1".into(),
             resp_addr: SocketAddr::from(([127, 0, 0, 1], 7379)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7380)),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], 7381)),
             requirepass: None,
             worker_threads: 0,
         }
@@ -154,19 +157,56 @@ impl Default for LimitsConfig {
     }
 }
 
-/// Constants fixed when the cluster is created.
+/// The cluster this node belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// Number of partitions `Q`, a power of two. Default: 1024.
+    /// Number of partitions `Q`, a power of two, fixed when the cluster is
+    /// created. Default: 1024.
     pub partitions: u32,
+    /// The secret every node proves it knows before any data moves between
+    /// them. Required when `nodes` is set.
+    pub secret: Option<String>,
+    /// Every node of the cluster, this one included (static membership; the
+    /// layout is computed from this list). Empty: a single node with n = 1.
+    pub nodes: Vec<MemberConfig>,
+    /// Longest a coordinator waits for a replica, ms. Default: 2000.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        Self { partitions: 1024 }
+        Self {
+            partitions: 1024,
+            secret: None,
+            nodes: Vec::new(),
+            request_timeout_ms: 2000,
+        }
     }
 }
+
+/// One member of a static cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    /// The node's name (its `node.name`).
+    pub name: String,
+    /// Its internode address (its `node.peer_addr`).
+    pub peer_addr: SocketAddr,
+    /// Its zone; replicas of a partition go to distinct zones first.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Relative share of partitions. Default: 1.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+}
+
+fn default_capacity() -> u32 {
+    1
+}
+
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_BYTES: usize = 16;
 
 /// A keyspace and its properties.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,7 +308,42 @@ impl Config {
                 "node.requirepass is empty: remove it to disable AUTH, or set a password".into(),
             );
         }
+        self.validate_cluster()?;
         self.validate_keyspaces()
+    }
+
+    /// True when this node is part of a multi-node cluster.
+    pub fn is_clustered(&self) -> bool {
+        !self.cluster.nodes.is_empty()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.nodes.is_empty() {
+            return Ok(());
+        }
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        if c.secret.as_ref().is_none_or(|s| s.len() < MIN_SECRET_BYTES) {
+            return fail(format!(
+                "cluster.secret must be set to at least {MIN_SECRET_BYTES} characters when cluster.nodes is set (all nodes share it)"
+            ));
+        }
+        if !c.nodes.iter().any(|m| m.name == self.node.name) {
+            return fail(format!(
+                "node.name {:?} is not in cluster.nodes: list every node, this one included",
+                self.node.name
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for m in &c.nodes {
+            if !names.insert(m.name.as_str()) {
+                return fail(format!("cluster.nodes lists {:?} twice", m.name));
+            }
+        }
+        if c.request_timeout_ms == 0 {
+            return fail("cluster.request_timeout_ms must be at least 1".into());
+        }
+        Ok(())
     }
 
     fn validate_keyspaces(&self) -> Result<(), ConfigError> {
@@ -346,6 +421,36 @@ mod tests {
     fn unknown_field_is_rejected() {
         let err = toml::from_str::<Config>("[storage]\nengin = \"memory\"\n").unwrap_err();
         assert!(err.to_string().contains("engin"), "{err}");
+    }
+
+    #[test]
+    fn cluster_membership_is_checked() {
+        let member = |name: &str, port: u16| MemberConfig {
+            name: name.into(),
+            peer_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            zone: None,
+            capacity: 1,
+        };
+        let mut c = Config::default();
+        c.cluster.nodes = vec![member("node1", 1), member("node2", 2)];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cluster.secret")
+        );
+        c.cluster.secret = Some("0123456789abcdef".into());
+        c.validate().unwrap();
+        c.node.name = "node9".into();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("not in cluster.nodes")
+        );
+        c.node.name = "node1".into();
+        c.cluster.nodes.push(member("node2", 3));
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
     }
 
     #[test]

@@ -13,12 +13,15 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
 use crate::coordinator::{
-    Keyspaces, LocalStore, LocalStoreConfig, Store, StoreError, SweepConfig, SweepHandle,
-    spawn_expiry_sweep,
+    Keyspaces, LocalStore, LocalStoreConfig, QuorumConfig, QuorumStore, ReplicaHandler, Store,
+    StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
 };
 use crate::http::{HttpServerHandle, HttpState, metrics_handle, spawn_http};
+use crate::membership::{ClusterView, MemberView, MonitorHandle, PeerMonitor};
+use crate::net::{PeerConfig, PeerServerHandle, TcpTransport, bind_peer_server};
 use crate::resp::codec::DecodeLimits;
 use crate::resp::{RespConfig, RespServer, RespServerHandle};
+use crate::ring::{Layout, NodeSpec};
 use crate::storage::{Engine, FjallEngine, MemoryEngine, StorageError};
 use crate::version::{Hlc, SystemClock};
 
@@ -49,6 +52,8 @@ pub struct Node {
     store: Arc<LocalStore>,
     resp: RespServerHandle,
     http: HttpServerHandle,
+    peer: Option<PeerServerHandle>,
+    monitor: Option<MonitorHandle>,
     sweep: SweepHandle,
     fsync_stop_tx: watch::Sender<bool>,
     fsync_task: Option<JoinHandle<()>>,
@@ -110,13 +115,25 @@ impl Node {
         let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
             .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
-        let resp = start_resp(&config, engine_kind, store.clone()).await?;
+        let (resp, peer, monitor, cluster_view) = if config.is_clustered() {
+            let parts = start_cluster(&config, engine_kind, store.clone()).await?;
+            (
+                parts.resp,
+                Some(parts.peer),
+                Some(parts.monitor),
+                parts.view,
+            )
+        } else {
+            let resp = start_resp(&config, engine_kind, store.clone()).await?;
+            (resp, None, None, single_node_view(&config))
+        };
         let stats_store = store.clone();
         let http_state = HttpState {
             node_name: config.node.name.clone(),
             keyspace_names: keyspaces.iter().map(|k| k.name.clone()).collect(),
             stats: Arc::new(move || stats_store.stats()),
             metrics,
+            cluster: cluster_view,
         };
         let http = spawn_http(config.node.http_addr, http_state)
             .await
@@ -128,6 +145,8 @@ impl Node {
             store,
             resp,
             http,
+            peer,
+            monitor,
             sweep,
             fsync_stop_tx,
             fsync_task,
@@ -144,9 +163,20 @@ impl Node {
         self.http.local_addr()
     }
 
+    /// Where the internode server listens, in a cluster.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().map(PeerServerHandle::local_addr)
+    }
+
     /// Stops serving, then fsyncs everything.
     pub async fn shutdown(self) -> Result<(), StoreError> {
         self.resp.shutdown().await;
+        if let Some(peer) = self.peer {
+            peer.shutdown().await;
+        }
+        if let Some(monitor) = self.monitor {
+            monitor.shutdown().await;
+        }
         self.http.shutdown().await;
         self.sweep.shutdown().await;
         let _ = self.fsync_stop_tx.send(true);
@@ -166,10 +196,120 @@ impl Node {
     }
 }
 
-async fn start_resp(
+/// The layout of a static cluster: computed from `cluster.nodes`, the same
+/// on every node.
+fn static_layout(config: &Config) -> Result<Layout, StartError> {
+    let specs = config
+        .cluster
+        .nodes
+        .iter()
+        .map(|m| {
+            let spec = NodeSpec::new(m.name.clone()).with_capacity(m.capacity);
+            match &m.zone {
+                Some(zone) => spec.in_zone(zone.clone()),
+                None => spec,
+            }
+        })
+        .collect();
+    let max_n = config
+        .all_keyspaces()
+        .iter()
+        .map(|k| k.n)
+        .max()
+        .unwrap_or(1);
+    let spread = max_n.clamp(1, u32::from(crate::ring::MAX_SPREAD)) as u8;
+    Layout::initial_with_spread(config.cluster.partitions, specs, spread)
+        .map_err(|e| StartError::Config(ConfigError::Invalid(format!("cluster layout: {e}"))))
+}
+
+type ViewFn = Arc<dyn Fn() -> ClusterView + Send + Sync>;
+
+/// What a clustered node runs besides the single-node parts.
+struct ClusterParts {
+    resp: RespServerHandle,
+    peer: PeerServerHandle,
+    monitor: MonitorHandle,
+    view: ViewFn,
+}
+
+/// How often peers are pinged for liveness.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A node alone: it owns every partition and is up.
+fn single_node_view(config: &Config) -> ViewFn {
+    let view = ClusterView {
+        node: config.node.name.clone(),
+        layout_version: 1,
+        partitions: config.cluster.partitions,
+        members: vec![MemberView {
+            name: config.node.name.clone(),
+            peer_addr: String::new(),
+            zone: None,
+            up: true,
+            last_seen_ms_ago: Some(0),
+            partitions_owned: config.cluster.partitions,
+        }],
+    };
+    Arc::new(move || view.clone())
+}
+
+/// Starts the internode server, the peer monitor and a RESP server over the
+/// quorum coordinator.
+async fn start_cluster(
     config: &Config,
     engine: &'static str,
-    store: Arc<LocalStore>,
+    local: Arc<LocalStore>,
+) -> Result<ClusterParts, StartError> {
+    let secret = config.cluster.secret.clone().unwrap_or_default();
+    let mut peer_config = PeerConfig::new(config.node.name.clone(), secret);
+    peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
+    let transport = Arc::new(TcpTransport::new(peer_config.clone()));
+    for member in &config.cluster.nodes {
+        if member.name != config.node.name {
+            transport.set_peer(&member.name, member.peer_addr);
+        }
+    }
+    let layout = static_layout(config)?;
+    tracing::info!(
+        nodes = config.cluster.nodes.len(),
+        partitions = layout.partitions(),
+        version = layout.version(),
+        "cluster layout computed"
+    );
+    let monitor = PeerMonitor::new(config.node.name.clone(), config.cluster.nodes.clone());
+    let monitor_handle = monitor.spawn(transport.clone(), PING_INTERVAL);
+    let quorum = Arc::new(QuorumStore::new(
+        QuorumConfig {
+            node_name: config.node.name.clone(),
+            node_id: node_id(&config.node.name),
+            partitions: config.cluster.partitions,
+        },
+        local.clone(),
+        transport,
+        layout,
+    ));
+    let view_store = quorum.clone();
+    let view: ViewFn = Arc::new(move || monitor.view(&view_store.layout()));
+    let handler = Arc::new(ReplicaHandler::new(local));
+    let peer = bind_peer_server(config.node.peer_addr, peer_config, handler)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.node.peer_addr,
+            source,
+        })?;
+    let resp = start_resp(config, engine, quorum).await?;
+    Ok(ClusterParts {
+        resp,
+        peer,
+        monitor: monitor_handle,
+        view,
+    })
+}
+
+async fn start_resp<S: Store>(
+    config: &Config,
+    engine: &'static str,
+    store: Arc<S>,
 ) -> Result<RespServerHandle, StartError> {
     let l = &config.limits;
     let resp_config = RespConfig {

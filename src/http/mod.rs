@@ -1,4 +1,5 @@
-//! The HTTP front door: `GET /health` and `GET /metrics` (Prometheus text).
+//! The HTTP front door: `GET /health`, `GET /metrics` (Prometheus text) and
+//! `GET /v1/cluster` (JSON: every node as this node sees it).
 //!
 //! Invariant: gauges that are cheap to read at scrape time (keys, engine
 //! bytes) are set just before rendering, so they are never stale.
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::coordinator::StoreStats;
+use crate::membership::ClusterView;
 
 /// Buckets of the latency histograms, seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -66,6 +68,8 @@ pub struct HttpState {
     pub stats: Arc<dyn Fn() -> StoreStats + Send + Sync>,
     /// Renders Prometheus text.
     pub metrics: PrometheusHandle,
+    /// The cluster as this node sees it.
+    pub cluster: Arc<dyn Fn() -> ClusterView + Send + Sync>,
 }
 
 /// A running HTTP server.
@@ -113,6 +117,13 @@ async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+async fn cluster(State(state): State<HttpState>) -> impl IntoResponse {
+    let view = (state.cluster)();
+    let body = serde_json::to_string_pretty(&view)
+        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
 /// Binds `addr` and serves until shut down.
 pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<HttpServerHandle> {
     let listener = TcpListener::bind(addr).await?;
@@ -120,6 +131,7 @@ pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<H
     let app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .route("/v1/cluster", get(cluster))
         .with_state(state);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {

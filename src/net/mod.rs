@@ -3,11 +3,31 @@
 //!
 //! The coordinator only sees [`Transport`]; the TCP implementation and the
 //! fault-injecting one used by tests live behind it (STYLE.md rule 7).
+//!
+//! - `frame`: the versioned wire format and the batching writer.
+//! - `auth`: the cluster-secret handshake.
+//! - `tcp` / `server`: [`TcpTransport`] and [`spawn_peer_server`].
+//! - `memory` / `fault`: [`MemNetwork`] for socket-free cluster tests, the
+//!   [`FaultTable`] of cut, delayed and lossy links, [`FaultyTransport`].
+//!
 //! Invariant: a [`Transport::call`] resolves exactly once, with the peer's
 //! [`Response`] or a [`NetError`] that says why there is none; it never
 //! waits longer than the transport's request timeout.
 
 use std::future::Future;
+
+mod auth;
+mod fault;
+mod frame;
+mod memory;
+mod server;
+mod tcp;
+
+pub use fault::{FaultTable, FaultyTransport};
+pub use frame::PROTOCOL_VERSION;
+pub use memory::{BoxedHandler, MemNetwork, MemTransport};
+pub use server::{PeerServerHandle, bind_peer_server, spawn_peer_server};
+pub use tcp::{PeerConfig, TcpTransport};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -4,9 +4,11 @@
 //! `durability` and `clients` run the `ringkv` binary as a child process.
 
 mod clients;
+mod cluster;
 mod commands;
 mod durability;
 mod http;
 mod limits;
 mod model;
+mod net;
 mod support;

@@ -9,6 +9,9 @@ use ringkv::config::{Config, EngineKind, FsyncPolicy};
 use ringkv::node::Node;
 use tracing_subscriber::EnvFilter;
 
+mod cluster_cmd;
+mod dev_cluster;
+
 // NOTE: glibc's allocator grows per-thread arenas with an mprotect(2) per
 // step, which cost a syscall per request batch while fjall's memtable grew;
 // mimalloc does not (measured in bench/RESULTS.md).
@@ -26,7 +29,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node in the foreground (Ctrl-C or SIGTERM stops it cleanly).
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
+    /// Run a local N-node cluster of separate processes on loopback.
+    DevCluster(dev_cluster::DevClusterArgs),
+    /// Inspect a running cluster.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
 }
 
 /// Flags override the config file; each flag can also be set through the
@@ -45,6 +53,12 @@ struct ServerArgs {
     /// HTTP (health, metrics) listen address [default: 127.0.0.1:7380].
     #[arg(long, env = "RINGKV_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Internode listen address, in a cluster [default: 127.0.0.1:7381].
+    #[arg(long, env = "RINGKV_PEER_ADDR")]
+    peer_addr: Option<SocketAddr>,
+    /// Secret shared by every node of the cluster (at least 16 characters).
+    #[arg(long, env = "RINGKV_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Data directory [default: ./ringkv-data].
     #[arg(long, env = "RINGKV_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -88,6 +102,10 @@ impl ServerArgs {
         }
         set(&mut node.resp_addr, self.resp_addr);
         set(&mut node.http_addr, self.http_addr);
+        set(&mut node.peer_addr, self.peer_addr);
+        if self.cluster_secret.is_some() {
+            config.cluster.secret = self.cluster_secret;
+        }
         if let Some(v) = self.worker_threads {
             node.worker_threads = v;
         }
@@ -133,6 +151,7 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         resp_addr = %node.resp_addr(),
         http_addr = %node.http_addr(),
+        peer_addr = ?node.peer_addr(),
         engine = ?config.storage.engine,
         fsync = ?config.storage.fsync,
         data_dir = %config.storage.data_dir.display(),
@@ -148,33 +167,50 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+fn run_server_command(args: ServerArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    // NOTE: one worker runs on tokio's current-thread scheduler, which skips
+    // the work-stealing machinery, like Redis's single event loop.
+    let mut builder = match config.node.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
+    let runtime = builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_server(config))
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("RINGKV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Command::Server(args) => {
-            let config = args.into_config()?;
-            // NOTE: one worker runs on tokio's current-thread scheduler, which
-            // skips the work-stealing machinery, like Redis's single event loop.
-            let mut builder = match config.node.worker_threads {
-                1 => tokio::runtime::Builder::new_current_thread(),
-                n => {
-                    let mut b = tokio::runtime::Builder::new_multi_thread();
-                    if n > 0 {
-                        b.worker_threads(n);
-                    }
-                    b
-                }
-            };
-            let runtime = builder
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
-            runtime.block_on(run_server(config))
+    let result = match cli.command {
+        Command::Server(args) => run_server_command(*args),
+        Command::Cluster(command) => cluster_cmd::run(command),
+        Command::DevCluster(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(dev_cluster::run(args))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain on one line, without a backtrace: these
+            // are operator-facing errors.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

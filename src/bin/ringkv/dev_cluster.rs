@@ -1,0 +1,265 @@
+//! `ringkv dev-cluster`: a local N-node cluster of separate processes on
+//! loopback, in one command.
+//!
+//! Node i (from 1) serves RESP on `base_port + i - 1`, HTTP on
+//! `base_port + 100 + i - 1` and internode traffic on `base_port + 200 + i - 1`.
+//! Each node's config and data live in `<data-dir>/node<i>/`, its log in
+//! `<data-dir>/node<i>/ringkv.log`. Ctrl-C (or SIGTERM) stops every node it
+//! started, by pid, and waits for them.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+/// Offset of the HTTP ports from the RESP ports.
+const HTTP_PORT_OFFSET: u16 = 100;
+/// Offset of the internode ports from the RESP ports.
+const PEER_PORT_OFFSET: u16 = 200;
+/// How long a node may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long nodes get to stop after SIGTERM before they are killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Flags of `ringkv dev-cluster`.
+#[derive(Args, Debug)]
+pub struct DevClusterArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u16,
+    /// RESP port of node 1; node i listens on base + i - 1 (HTTP on +100, peers on +200).
+    #[arg(long, default_value_t = 7379)]
+    base_port: u16,
+    /// Directory holding every node's config, data and log.
+    #[arg(long, default_value = "./ringkv-dev")]
+    data_dir: PathBuf,
+    /// Storage engine of every node.
+    #[arg(long, default_value = "fjall")]
+    engine: String,
+    /// Fsync policy of every node.
+    #[arg(long, default_value = "everysec")]
+    fsync: String,
+    /// Replication factor of the default keyspace.
+    #[arg(long, default_value_t = 3)]
+    replication: u32,
+}
+
+struct NodePorts {
+    name: String,
+    resp: u16,
+    http: u16,
+    peer: u16,
+}
+
+fn plan(args: &DevClusterArgs) -> anyhow::Result<Vec<NodePorts>> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let last = u32::from(args.base_port) + u32::from(PEER_PORT_OFFSET) + u32::from(args.nodes) - 1;
+    if last > u32::from(u16::MAX) {
+        bail!(
+            "--base-port {} is too high for {} nodes",
+            args.base_port,
+            args.nodes
+        );
+    }
+    Ok((0..args.nodes)
+        .map(|i| NodePorts {
+            name: format!("node{}", i + 1),
+            resp: args.base_port + i,
+            http: args.base_port + HTTP_PORT_OFFSET + i,
+            peer: args.base_port + PEER_PORT_OFFSET + i,
+        })
+        .collect())
+}
+
+/// A secret for this run, unguessable enough for a loopback dev cluster.
+fn dev_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    let a = h.finish();
+    h.write_u64(a);
+    format!("dev-{a:016x}{:016x}", h.finish())
+}
+
+fn write_config(
+    args: &DevClusterArgs,
+    nodes: &[NodePorts],
+    me: &NodePorts,
+    secret: &str,
+) -> anyhow::Result<PathBuf> {
+    let dir = args.data_dir.join(&me.name);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data_dir = dir.join("data");
+    let mut toml = format!(
+        "# Written by `ringkv dev-cluster`; rewritten on every start.\n\
+         [node]\nname = \"{}\"\nresp_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\n\n\
+         [storage]\ndata_dir = {:?}\nengine = \"{}\"\nfsync = \"{}\"\n\n\
+         [cluster]\nsecret = \"{secret}\"\n",
+        me.name,
+        me.resp,
+        me.http,
+        me.peer,
+        data_dir.display().to_string(),
+        args.engine,
+        args.fsync
+    );
+    for node in nodes {
+        let _ = write!(
+            toml,
+            "\n[[cluster.nodes]]\nname = \"{}\"\npeer_addr = \"127.0.0.1:{}\"\n",
+            node.name, node.peer
+        );
+    }
+    let _ = write!(
+        toml,
+        "\n[[keyspaces]]\nname = \"default\"\nn = {}\n",
+        args.replication
+    );
+    let path = dir.join("ringkv.toml");
+    std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn spawn_node(config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("finding the ringkv executable")?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new(exe)
+        .args(["server", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .context("starting a node")
+}
+
+fn wait_listening(port: u16, child: &mut Child) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    while started.elapsed() < START_TIMEOUT {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("node exited during start-up with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "nothing listens on {addr} after {} s",
+        START_TIMEOUT.as_secs()
+    )
+}
+
+/// Sends SIGTERM to every child, waits, then kills the stragglers.
+fn stop_all(children: &mut [(String, Child)]) {
+    for (_, child) in children.iter() {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet waited).
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    for (name, child) in children.iter_mut() {
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    eprintln!("{name} stopped ({status})");
+                    break;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => {
+                    eprintln!("{name} did not stop in time; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM. A node that dies (killed to try a failure,
+/// say) is reported and the others keep running; when none is left, it returns.
+async fn wait_for_stop(children: &mut [(String, Child)]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    let mut exited = vec![false; children.len()];
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            _ = poll.tick() => {}
+        }
+        for ((name, child), seen) in children.iter_mut().zip(exited.iter_mut()) {
+            if !*seen && let Some(status) = child.try_wait()? {
+                *seen = true;
+                eprintln!("{name} exited ({status}); the other nodes keep running");
+            }
+        }
+        if exited.iter().all(|e| *e) {
+            eprintln!("every node has exited");
+            return Ok(());
+        }
+    }
+}
+
+/// Runs the dev cluster until Ctrl-C.
+pub async fn run(args: DevClusterArgs) -> anyhow::Result<()> {
+    let nodes = plan(&args)?;
+    let secret = dev_secret();
+    let mut children: Vec<(String, Child)> = Vec::new();
+    let result = start_all(&args, &nodes, &secret, &mut children);
+    if let Err(e) = result {
+        stop_all(&mut children);
+        return Err(e);
+    }
+    println!(
+        "ringkv dev cluster: {} nodes, data and logs under {}",
+        nodes.len(),
+        args.data_dir.display()
+    );
+    for node in &nodes {
+        println!(
+            "  {}: resp 127.0.0.1:{}  http 127.0.0.1:{}  peer 127.0.0.1:{}   redis-cli -p {}",
+            node.name, node.resp, node.http, node.peer, node.resp
+        );
+    }
+    println!("Ctrl-C stops every node.");
+    wait_for_stop(&mut children).await?;
+    stop_all(&mut children);
+    Ok(())
+}
+
+fn start_all(
+    args: &DevClusterArgs,
+    nodes: &[NodePorts],
+    secret: &str,
+    children: &mut Vec<(String, Child)>,
+) -> anyhow::Result<()> {
+    for node in nodes {
+        let config = write_config(args, nodes, node, secret)?;
+        let log = args.data_dir.join(&node.name).join("ringkv.log");
+        let child = spawn_node(&config, &log)?;
+        children.push((node.name.clone(), child));
+    }
+    for (node, (_, child)) in nodes.iter().zip(children.iter_mut()) {
+        let log = args.data_dir.join(&node.name).join("ringkv.log");
+        wait_listening(node.resp, child)
+            .with_context(|| format!("{} did not start; see {}", node.name, log.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! A real 3-process cluster on loopback: any node coordinates, quorum
+//! survives one dead node, `all` does not, and a peer without the cluster
+//! secret moves no data.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringkv::net::{NetError, PeerConfig, Request, TcpTransport, Transport};
+
+use crate::support::{ServerProcess, WAIT, err, ok};
+
+const SECRET: &str = "it-cluster-secret-0123";
+
+/// Free loopback ports, found by binding and releasing them.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+struct TestCluster {
+    dir: tempfile::TempDir,
+    peer_ports: Vec<u16>,
+    nodes: Vec<Option<ServerProcess>>,
+}
+
+fn write_config(dir: &Path, me: usize, peer_ports: &[u16]) -> String {
+    let mut toml = format!(
+        "[node]\nname = \"node{}\"\npeer_addr = \"127.0.0.1:{}\"\n[storage]\nengine = \"memory\"\n\
+         [cluster]\nsecret = \"{SECRET}\"\nrequest_timeout_ms = 1000\n",
+        me + 1,
+        peer_ports[me]
+    );
+    for (i, port) in peer_ports.iter().enumerate() {
+        toml.push_str(&format!(
+            "[[cluster.nodes]]\nname = \"node{}\"\npeer_addr = \"127.0.0.1:{port}\"\n",
+            i + 1
+        ));
+    }
+    let path = dir.join(format!("node{}.toml", me + 1));
+    std::fs::write(&path, toml).expect("write a node config");
+    path.display().to_string()
+}
+
+impl TestCluster {
+    fn start(size: usize) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let peer_ports = free_ports(size);
+        let mut cluster = TestCluster {
+            dir,
+            peer_ports,
+            nodes: Vec::new(),
+        };
+        for i in 0..size {
+            let node = cluster.spawn(i);
+            cluster.nodes.push(Some(node));
+        }
+        cluster
+    }
+
+    fn spawn(&self, i: usize) -> ServerProcess {
+        let config = write_config(self.dir.path(), i, &self.peer_ports);
+        ServerProcess::start(&["--config", &config])
+    }
+
+    fn node(&self, i: usize) -> &ServerProcess {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].take().expect("node is running").kill9();
+    }
+
+    fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node{} still runs", i + 1);
+        self.nodes[i] = Some(self.spawn(i));
+    }
+
+    fn peer_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.peer_ports[i]))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_written_through_any_node_reads_back_through_every_node() {
+    let cluster = TestCluster::start(3);
+    for writer in 0..3 {
+        let mut c = cluster.node(writer).conn().await;
+        let key = format!("key-from-{writer}");
+        assert_eq!(ok::<String>(&mut c, &["SET", &key, "v"]).await, "OK");
+        for reader in 0..3 {
+            let mut r = cluster.node(reader).conn().await;
+            let got: Option<String> = ok(&mut r, &["GET", &key]).await;
+            assert_eq!(
+                got.as_deref(),
+                Some("v"),
+                "{key} read through node{}",
+                reader + 1
+            );
+        }
+    }
+    // Every node holds a replica of every key with n = 3.
+    let mut c = cluster.node(1).conn().await;
+    let placement = ok::<redis::Value>(&mut c, &["KV.WHERE", "key-from-0"]).await;
+    let text = format!("{placement:?}");
+    for name in ["node1", "node2", "node3"] {
+        assert!(text.contains(name), "{name} missing from {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_node_down_quorum_works_and_all_fails_with_causes() {
+    let mut cluster = TestCluster::start(3);
+    cluster.kill(2);
+    let mut c = cluster.node(0).conn().await;
+    assert_eq!(ok::<String>(&mut c, &["SET", "k", "v"]).await, "OK");
+    let mut other = cluster.node(1).conn().await;
+    assert_eq!(ok::<String>(&mut other, &["GET", "k"]).await, "v");
+    let e = err(&mut c, &["KV.PUT", "k", "w", "W", "all"]).await;
+    assert!(e.starts_with("UNAVAILABLE"), "{e}");
+    assert!(e.contains("needed 3 replicas, 2 answered"), "{e}");
+    assert!(e.contains("node3"), "{e}");
+    assert!(e.contains("may have been applied"), "{e}");
+    let e = err(&mut c, &["KV.GET", "k", "R", "all"]).await;
+    assert!(e.starts_with("UNAVAILABLE") && e.contains("node3"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_nodes_down_quorum_fails_cleanly_and_recovers_when_they_return() {
+    let mut cluster = TestCluster::start(3);
+    cluster.kill(1);
+    cluster.kill(2);
+    let mut c = cluster.node(0).conn().await;
+    let e = err(&mut c, &["SET", "k", "v"]).await;
+    assert!(
+        e.starts_with("UNAVAILABLE") && e.contains("needed 2 replicas, 1 answered"),
+        "{e}"
+    );
+    let e = err(&mut c, &["GET", "k"]).await;
+    assert!(e.starts_with("UNAVAILABLE"), "{e}");
+    cluster.restart(1);
+    // The coordinator reconnects after its backoff (at most 2 s).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query_async::<String>(&mut c)
+            .await
+        {
+            Ok(reply) => {
+                assert_eq!(reply, "OK");
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert!(e.to_string().contains("UNAVAILABLE"), "{e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("quorum did not recover within 20 s: {e}"),
+        }
+    }
+    let mut back = cluster.node(1).conn().await;
+    assert_eq!(ok::<String>(&mut back, &["GET", "k"]).await, "v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_cluster_secret_cannot_write() {
+    let cluster = TestCluster::start(3);
+    let mut config = PeerConfig::new("node2", "not-the-cluster-secret");
+    config.request_timeout = Duration::from_secs(2);
+    let intruder = TcpTransport::new(config);
+    intruder.set_peer("node1", cluster.peer_addr(0));
+    let write = Request::Write {
+        keyspace: "default".into(),
+        key: Bytes::from_static(b"stolen"),
+        record: Bytes::from_static(b"\x01\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x01v"),
+    };
+    let result = intruder.call("node1", write).await;
+    assert!(
+        matches!(
+            result,
+            Err(NetError::Auth(_)) | Err(NetError::Unreachable(_))
+        ),
+        "{result:?}"
+    );
+    let mut c = cluster.node(0).conn().await;
+    let got: Option<String> = ok(&mut c, &["KV.GET", "stolen", "R", "one"]).await;
+    assert_eq!(got, None, "an unauthenticated peer wrote data");
+    assert!(
+        cluster
+            .node(0)
+            .wait_for_log("peer refused: authentication failed"),
+        "the refused peer is not logged:\n{}",
+        cluster.node(0).stderr()
+    );
+}
+
+/// Polls `node`'s `/v1/cluster` until `peer` shows `up == want`; returns how long it took.
+async fn wait_for_liveness(cluster: &TestCluster, node: usize, peer: &str, want: bool) -> Duration {
+    let started = Instant::now();
+    while started.elapsed() < WAIT {
+        let (status, _, body) =
+            crate::support::http_get(cluster.node(node).http_addr, "/v1/cluster").await;
+        assert_eq!(status, 200, "{body}");
+        let view: serde_json::Value = serde_json::from_str(&body).expect("/v1/cluster is JSON");
+        let up = view["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == peer))
+            .and_then(|m| m["up"].as_bool());
+        if up == Some(want) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{peer} never showed up={want} on node{}", node + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_seen_down_within_5_s_and_up_within_5_s_of_its_return() {
+    let mut cluster = TestCluster::start(3);
+    let (status, _, body) =
+        crate::support::http_get(cluster.node(0).http_addr, "/v1/cluster").await;
+    assert_eq!(status, 200);
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["layout_version"], 1);
+    let owned: u64 = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["partitions_owned"].as_u64().unwrap())
+        .sum();
+    assert_eq!(owned, 1024, "{body}");
+
+    cluster.kill(2);
+    let down = wait_for_liveness(&cluster, 0, "node3", false).await;
+    assert!(down < Duration::from_secs(5), "seen down after {down:?}");
+    cluster.restart(2);
+    let up = wait_for_liveness(&cluster, 0, "node3", true).await;
+    assert!(up < Duration::from_secs(5), "seen up after {up:?}");
+}
