@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side throughput: ringkv vs redis-server, same redis-benchmark commands, same run.
 #
-# Usage: bench/compare-redis.sh [--requests N] [--reps N] [--record]
+# Usage: bench/compare-redis.sh [--requests N] [--reps N] [--only-cluster] [--record]
 #   --requests N  requests per redis-benchmark run (default 200000)
 #   --reps N      runs of each benchmark per server, alternating; medians reported (default 3)
+#   --only-cluster  skip the single-node runs
 #   --record      also append the result table to bench/RESULTS.md
 #
 # Builds ringkv in release mode, installs redis-server/redis-tools with apt-get
@@ -14,13 +15,15 @@ set -euo pipefail
 
 requests=200000
 reps=3
+only_cluster=0
 record=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) requests="$2"; shift 2 ;;
     --reps) reps="$2"; shift 2 ;;
+    --only-cluster) only_cluster=1; shift ;;
     --record) record=1; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -101,15 +104,16 @@ table="$work/table.md"
 {
   echo "### $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), nproc $(nproc), $requests requests, 50 clients, median of $reps alternating runs"
   echo
-  echo "| ringkv engine | benchmark | test | redis ops/s | ringkv ops/s | ratio | redis p50/p99 ms | ringkv p50/p99 ms |"
+  echo "| ringkv | benchmark | test | redis ops/s | ringkv ops/s | ratio | redis p50/p99 ms | ringkv p50/p99 ms |"
   echo "|---|---|---|---:|---:|---:|---|---|"
 } >"$table"
 
-for setup in "memory everysec" "fjall everysec"; do
-  set -- $setup
-  start_ringkv "$1" "$2"
+# Runs every benchmark variant against redis and the ringkv at $2, alternating,
+# and appends the median rows labelled $1 to the table.
+bench_against() { # label ringkv-port
+  local label=$1 port=$2
   for variant in "plain:" "pipeline 16:-P 16" "1 KiB values:-d 1024"; do
-    label=${variant%%:*}
+    name=${variant%%:*}
     args=${variant#*:}
     : >"$work/redis.runs"
     : >"$work/ringkv.runs"
@@ -117,16 +121,58 @@ for setup in "memory everysec" "fjall everysec"; do
       # shellcheck disable=SC2086
       run_bench "$redis_port" $args >>"$work/redis.runs"
       # shellcheck disable=SC2086
-      run_bench "$ringkv_port" $args >>"$work/ringkv.runs"
+      run_bench "$port" $args >>"$work/ringkv.runs"
     done
     paste -d' ' <(medians "$work/redis.runs") <(medians "$work/ringkv.runs") |
       while read -r test r_rps r_p50 r_p99 _ k_rps k_p50 k_p99; do
         ratio=$(awk -v a="$k_rps" -v b="$r_rps" 'BEGIN { printf "%.2f", a / b }')
-        echo "| $1 ($2) | $label | $test | $r_rps | $k_rps | ${ratio}x | $r_p50 / $r_p99 | $k_p50 / $k_p99 |"
+        echo "| $label | $name | $test | $r_rps | $k_rps | ${ratio}x | $r_p50 / $r_p99 | $k_p50 / $k_p99 |"
       done >>"$table"
   done
-  kill "$ringkv_pid"
-  wait "$ringkv_pid" 2>/dev/null || true
+}
+
+# A base port P with P..P+2, P+100..P+102 and P+200..P+202 free (dev-cluster's layout).
+free_base() {
+  python3 - <<'PY'
+import random, socket
+for _ in range(500):
+    base = random.randint(20000, 40000)
+    socks = []
+    try:
+        for off in (0, 1, 2, 100, 101, 102, 200, 201, 202):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", base + off))
+        print(base)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+}
+
+if [ "$only_cluster" = 0 ]; then
+  for setup in "memory everysec" "fjall everysec"; do
+    set -- $setup
+    start_ringkv "$1" "$2"
+    bench_against "single node, $1 ($2)" "$ringkv_port"
+    kill "$ringkv_pid"
+    wait "$ringkv_pid" 2>/dev/null || true
+  done
+fi
+
+for levels in quorum one; do
+  base=$(free_base)
+  "$bin" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster-$levels" \
+    --read-level "$levels" --write-level "$levels" >"$work/cluster-$levels.log" 2>&1 &
+  cluster_pid=$!
+  pids+=("$cluster_pid")
+  for i in 0 1 2; do wait_ready $((base + i)); done
+  bench_against "3-node dev-cluster, n=3, fjall, $levels/$levels" "$base"
+  kill "$cluster_pid"
+  wait "$cluster_pid" 2>/dev/null || true
 done
 
 cat "$table"

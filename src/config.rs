@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::coordinator::Level;
 use crate::ring::MAX_PARTITIONS;
 use crate::storage::keys::MAX_KEYSPACE_NAME_BYTES;
 
@@ -218,6 +219,11 @@ pub struct KeyspaceConfig {
     pub n: u32,
     /// Default TTL for new keys, seconds; 0 means none. Default: 0.
     pub default_ttl_secs: u64,
+    /// Read level of connections using this keyspace, until they choose
+    /// their own with CONSISTENCY. Default: `quorum`.
+    pub read_level: Level,
+    /// Write level, likewise. Default: `quorum`.
+    pub write_level: Level,
 }
 
 impl Default for KeyspaceConfig {
@@ -226,6 +232,8 @@ impl Default for KeyspaceConfig {
             name: "default".into(),
             n: 3,
             default_ttl_secs: 0,
+            read_level: Level::Quorum,
+            write_level: Level::Quorum,
         }
     }
 }
@@ -372,6 +380,14 @@ impl Config {
                     "keyspace {:?}: n must be at least 1",
                     ks.name
                 )));
+            }
+            for level in [ks.read_level, ks.write_level] {
+                if level.required(ks.n) > ks.n {
+                    return Err(ConfigError::Invalid(format!(
+                        "keyspace {:?}: level {level} needs more than n = {} replicas",
+                        ks.name, ks.n
+                    )));
+                }
             }
         }
         Ok(())

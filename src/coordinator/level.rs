@@ -6,7 +6,8 @@
 use std::fmt;
 
 /// A read or write consistency level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Level {
     /// One replica.
     One,
@@ -61,6 +62,22 @@ impl Default for Consistency {
             read: Level::Quorum,
             write: Level::Quorum,
         }
+    }
+}
+
+impl TryFrom<String> for Level {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Level::parse(&text).ok_or_else(|| {
+            format!("invalid consistency level {text:?}: use one, two, quorum, all or a positive integer")
+        })
+    }
+}
+
+impl From<Level> for String {
+    fn from(level: Level) -> String {
+        level.to_string()
     }
 }
 

@@ -121,6 +121,10 @@ pub(crate) fn select<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     match cx.store().keyspaces().resolve(name) {
         Some(ks) => {
             cx.session.keyspace = ks;
+            if !cx.session.levels_chosen {
+                let config = cx.store().keyspaces().get(ks);
+                cx.session.consistency = super::server::keyspace_levels(config);
+            }
             Ok(Frame::ok())
         }
         None if name.parse::<i64>().is_ok() => Err(CmdError("ERR DB index is out of range".into())),
@@ -201,6 +205,7 @@ pub(crate) fn consistency<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
         }
     }
     cx.session.consistency = Consistency { read, write };
+    cx.session.levels_chosen |= args.len() > 1;
     let s = |text: &'static str| Frame::Bulk(Bytes::from_static(text.as_bytes()));
     Ok(Frame::Map(vec![
         (s("read"), Frame::Bulk(read.to_string().into())),

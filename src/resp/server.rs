@@ -143,6 +143,8 @@ pub(crate) struct Session {
     pub authenticated: bool,
     pub name: Option<Bytes>,
     pub consistency: Consistency,
+    /// True once CONSISTENCY set the levels; SELECT then keeps them.
+    pub levels_chosen: bool,
     pub quit: bool,
     /// Commands run on this connection (drives latency sampling).
     pub commands: u64,
@@ -160,6 +162,14 @@ impl Session {
             "id={} addr={} name={name} db={} resp={resp}\n",
             self.id, self.addr, self.keyspace
         )
+    }
+}
+
+/// The levels a keyspace gives connections that did not choose their own.
+pub(crate) fn keyspace_levels(ks: &crate::config::KeyspaceConfig) -> Consistency {
+    Consistency {
+        read: ks.read_level,
+        write: ks.write_level,
     }
 }
 
@@ -292,7 +302,8 @@ async fn serve<S: Store>(
         keyspace: 0,
         authenticated: shared.config.requirepass.is_none(),
         name: None,
-        consistency: Consistency::default(),
+        consistency: keyspace_levels(shared.store.keyspaces().get(0)),
+        levels_chosen: false,
         quit: false,
         commands: 0,
     };

@@ -470,7 +470,7 @@ fn with_cache_keyspace(cfg: &mut ringkv::config::Config) {
     cfg.keyspaces.push(KeyspaceConfig {
         name: "cache".into(),
         n: 1,
-        default_ttl_secs: 0,
+        ..Default::default()
     });
 }
 
@@ -818,5 +818,43 @@ async fn kv_commands_take_per_request_levels_and_where_names_the_replica() {
         &Value::Array(vec![Value::BulkString(b"solo".to_vec())])
     );
     assert_eq!(field(&pairs, "fallbacks"), &Value::Array(vec![]));
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn keyspace_levels_apply_until_the_connection_chooses_its_own() {
+    let node = start_node(|cfg| {
+        cfg.keyspaces.push(KeyspaceConfig {
+            name: "fast".into(),
+            n: 1,
+            read_level: ringkv::coordinator::Level::One,
+            write_level: ringkv::coordinator::Level::One,
+            ..Default::default()
+        });
+    })
+    .await;
+    let mut c = node.conn().await;
+    let levels = |v: redis::Value| {
+        let pairs = map_pairs(v);
+        (
+            format!("{:?}", field(&pairs, "read")),
+            format!("{:?}", field(&pairs, "write")),
+        )
+    };
+    let start = levels(ok(&mut c, &["CONSISTENCY"]).await);
+    assert!(
+        start.0.contains("quorum") && start.1.contains("quorum"),
+        "{start:?}"
+    );
+    ok::<()>(&mut c, &["SELECT", "fast"]).await;
+    let fast = levels(ok(&mut c, &["CONSISTENCY"]).await);
+    assert!(fast.0.contains("one") && fast.1.contains("one"), "{fast:?}");
+    ok::<redis::Value>(&mut c, &["CONSISTENCY", "WRITE", "all"]).await;
+    ok::<()>(&mut c, &["SELECT", "0"]).await;
+    let chosen = levels(ok(&mut c, &["CONSISTENCY"]).await);
+    assert!(
+        chosen.0.contains("one") && chosen.1.contains("all"),
+        "{chosen:?}"
+    );
     node.shutdown().await;
 }

@@ -46,6 +46,12 @@ pub struct DevClusterArgs {
     /// Replication factor of the default keyspace.
     #[arg(long, default_value_t = 3)]
     replication: u32,
+    /// Read level of the default keyspace (one, two, quorum, all, N).
+    #[arg(long, default_value = "quorum")]
+    read_level: String,
+    /// Write level of the default keyspace.
+    #[arg(long, default_value = "quorum")]
+    write_level: String,
 }
 
 struct NodePorts {
@@ -118,8 +124,8 @@ fn write_config(
     }
     let _ = write!(
         toml,
-        "\n[[keyspaces]]\nname = \"default\"\nn = {}\n",
-        args.replication
+        "\n[[keyspaces]]\nname = \"default\"\nn = {}\nread_level = {:?}\nwrite_level = {:?}\n",
+        args.replication, args.read_level, args.write_level
     );
     let path = dir.join("ringkv.toml");
     std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
