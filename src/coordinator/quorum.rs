@@ -147,9 +147,12 @@ impl<T: Transport> QuorumStore<T> {
         Ok(needed)
     }
 
-    /// Sends `request` to every primary and returns once `needed` answered
-    /// well, or all answered. Unfinished calls keep running in the background
-    /// when `finish_late` (writes), and are dropped otherwise (reads).
+    /// Sends `request` to the primaries and returns once `needed` answered
+    /// well, or every primary was tried. Writes go to every primary at once
+    /// (`to_all`), and unfinished calls keep running in the background so
+    /// every replica gets the write. Reads go to `needed` primaries, this
+    /// node first, and one more replica is asked for each that fails, so a
+    /// healthy read costs `r` requests, not `n`.
     async fn fan_out(
         &self,
         ks: KeyspaceId,
@@ -157,11 +160,16 @@ impl<T: Transport> QuorumStore<T> {
         primaries: &[Arc<str>],
         request: Request,
         needed: usize,
-        finish_late: bool,
+        to_all: bool,
     ) -> (Vec<ReplicaResult>, Vec<ReplicaResult>) {
+        let mut order: Vec<Arc<str>> = primaries.to_vec();
+        // NOTE: the local replica answers without a network round trip.
+        order.sort_by_key(|node| **node != *self.me);
+        let mut waiting = order.into_iter();
         let mut calls = FuturesUnordered::new();
-        for node in primaries {
-            calls.push(self.call_replica(node.clone(), ks, key.clone(), request.clone()));
+        let first = if to_all { primaries.len() } else { needed };
+        for node in waiting.by_ref().take(first) {
+            calls.push(self.call_replica(node, ks, key.clone(), request.clone()));
         }
         let (mut good, mut bad) = (Vec::new(), Vec::new());
         while good.len() < needed {
@@ -169,12 +177,16 @@ impl<T: Transport> QuorumStore<T> {
                 break;
             };
             match result {
-                Ok(Response::Error(why)) => bad.push((node, Err(why))),
+                Ok(Response::Error(why)) | Err(why) => {
+                    bad.push((node, Err(why)));
+                    if let Some(next) = waiting.next() {
+                        calls.push(self.call_replica(next, ks, key.clone(), request.clone()));
+                    }
+                }
                 Ok(response) => good.push((node, Ok(response))),
-                Err(why) => bad.push((node, Err(why))),
             }
         }
-        if finish_late && !calls.is_empty() {
+        if to_all && !calls.is_empty() {
             tokio::spawn(async move { while calls.next().await.is_some() {} });
         }
         (good, bad)
@@ -452,10 +464,14 @@ mod tests {
         from: String,
         replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
         down: Arc<parking_lot::Mutex<HashSet<String>>>,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Transport for TestNet {
         async fn call(&self, to: &PeerId, request: Request) -> Result<Response, NetError> {
+            if matches!(request, Request::Read { .. }) {
+                self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             if self.down.lock().contains(to) {
                 return Err(NetError::Unreachable("connection refused".into()));
             }
@@ -470,6 +486,7 @@ mod tests {
     struct Cluster {
         coordinators: Vec<QuorumStore<TestNet>>,
         down: Arc<parking_lot::Mutex<HashSet<String>>>,
+        remote_reads: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     fn cluster(nodes: usize) -> Cluster {
@@ -502,6 +519,7 @@ mod tests {
         );
         let layout = Layout::initial(64, names.iter().map(NodeSpec::new).collect()).unwrap();
         let down = Arc::new(parking_lot::Mutex::new(HashSet::new()));
+        let remote_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let coordinators = names
             .iter()
             .zip(&stores)
@@ -511,6 +529,7 @@ mod tests {
                     from: name.clone(),
                     replicas: replicas.clone(),
                     down: down.clone(),
+                    reads: remote_reads.clone(),
                 };
                 let config = QuorumConfig {
                     node_name: name.clone(),
@@ -520,7 +539,11 @@ mod tests {
                 QuorumStore::new(config, store.clone(), Arc::new(net), layout.clone())
             })
             .collect();
-        Cluster { coordinators, down }
+        Cluster {
+            coordinators,
+            down,
+            remote_reads,
+        }
     }
 
     fn set(value: &'static [u8]) -> WriteCmd {
@@ -627,6 +650,36 @@ mod tests {
             .unwrap();
         assert!(del.applied);
         assert_eq!(c.coordinators[0].get(0, b"k", QUORUM).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_read_asks_r_replicas_local_first_and_escalates_on_failure() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let c = cluster(3);
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap();
+        c.remote_reads.store(0, SeqCst);
+        let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
+        assert_eq!(got.unwrap().value, "v");
+        assert_eq!(
+            c.remote_reads.load(SeqCst),
+            1,
+            "quorum of 3 = local + one remote"
+        );
+        let one = levels(Level::One, Level::One);
+        c.coordinators[0].get(0, b"k", one).await.unwrap();
+        assert_eq!(
+            c.remote_reads.load(SeqCst),
+            1,
+            "level one is served locally"
+        );
+        c.down.lock().insert("n2".into());
+        c.remote_reads.store(0, SeqCst);
+        let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
+        assert_eq!(got.unwrap().value, "v", "n3 answers for the failed n2");
+        assert_eq!(c.remote_reads.load(SeqCst), 2);
     }
 
     #[tokio::test]
