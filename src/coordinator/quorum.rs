@@ -268,6 +268,10 @@ impl<T: Transport> QuorumStore<T> {
         for (_, response) in good {
             if let Ok(Response::Record(Some(raw))) = response {
                 let record = Record::decode(raw)?;
+                // NOTE: the HLC advances on every version it sees, so a write
+                // this node stamps after reading orders after what it read. A
+                // version too far ahead is refused (and logged) by observe().
+                let _ = self.local.hlc().observe(record.version.timestamp);
                 merged = Some(match merged {
                     Some(m) => m.merge(record),
                     None => record,

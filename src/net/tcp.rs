@@ -363,7 +363,12 @@ impl TcpTransport {
                 *link = LinkState::Backoff {
                     until: Instant::now() + backoff,
                     failures,
-                    cause: e.to_string(),
+                    // NOTE: the bare reason: it is wrapped in `Unreachable` again
+                    // when a call fails during the backoff.
+                    cause: match &e {
+                        NetError::Unreachable(why) => why.clone(),
+                        other => other.to_string(),
+                    },
                 };
                 Err(e)
             }

@@ -24,18 +24,22 @@ fn free_ports(count: usize) -> Vec<u16> {
         .collect()
 }
 
-struct TestCluster {
+pub(crate) struct TestCluster {
     dir: tempfile::TempDir,
     peer_ports: Vec<u16>,
     nodes: Vec<Option<ServerProcess>>,
+    /// `memory`, or `fjall` when a restarted node must keep its data.
+    engine: &'static str,
 }
 
-fn write_config(dir: &Path, me: usize, peer_ports: &[u16]) -> String {
+fn write_config(dir: &Path, me: usize, peer_ports: &[u16], engine: &str) -> String {
+    let data_dir = dir.join(format!("node{}-data", me + 1));
     let mut toml = format!(
-        "[node]\nname = \"node{}\"\npeer_addr = \"127.0.0.1:{}\"\n[storage]\nengine = \"memory\"\n\
-         [cluster]\nsecret = \"{SECRET}\"\nrequest_timeout_ms = 1000\n",
+        "[node]\nname = \"node{}\"\npeer_addr = \"127.0.0.1:{}\"\n[storage]\nengine = \"{engine}\"\n\
+         data_dir = {:?}\n[cluster]\nsecret = \"{SECRET}\"\nrequest_timeout_ms = 1000\n",
         me + 1,
-        peer_ports[me]
+        peer_ports[me],
+        data_dir.display().to_string()
     );
     for (i, port) in peer_ports.iter().enumerate() {
         toml.push_str(&format!(
@@ -50,12 +54,19 @@ fn write_config(dir: &Path, me: usize, peer_ports: &[u16]) -> String {
 
 impl TestCluster {
     fn start(size: usize) -> TestCluster {
+        Self::start_with_engine(size, "memory")
+    }
+
+    /// Starts `size` nodes with `engine` (`memory` or `fjall`), each with
+    /// its own data directory, kept across [`TestCluster::restart`].
+    pub(crate) fn start_with_engine(size: usize, engine: &'static str) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let peer_ports = free_ports(size);
         let mut cluster = TestCluster {
             dir,
             peer_ports,
             nodes: Vec::new(),
+            engine,
         };
         for i in 0..size {
             let node = cluster.spawn(i);
@@ -65,19 +76,19 @@ impl TestCluster {
     }
 
     fn spawn(&self, i: usize) -> ServerProcess {
-        let config = write_config(self.dir.path(), i, &self.peer_ports);
+        let config = write_config(self.dir.path(), i, &self.peer_ports, self.engine);
         ServerProcess::start(&["--config", &config])
     }
 
-    fn node(&self, i: usize) -> &ServerProcess {
+    pub(crate) fn node(&self, i: usize) -> &ServerProcess {
         self.nodes[i].as_ref().expect("node is running")
     }
 
-    fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         self.nodes[i].take().expect("node is running").kill9();
     }
 
-    fn restart(&mut self, i: usize) {
+    pub(crate) fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node{} still runs", i + 1);
         self.nodes[i] = Some(self.spawn(i));
     }

@@ -7,6 +7,7 @@ mod clients;
 mod cluster;
 mod commands;
 mod durability;
+mod history;
 mod http;
 mod limits;
 mod model;
