@@ -189,6 +189,12 @@ pub trait Store: Send + Sync + 'static {
     /// Counters for INFO and /metrics.
     fn stats(&self) -> StoreStats;
 
+    /// True when requests wait on other nodes, so a connection should run
+    /// independent pipelined commands concurrently rather than one by one.
+    fn concurrent_requests(&self) -> bool {
+        false
+    }
+
     /// Where `key` lives (`KV.WHERE`).
     fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError>;
 

@@ -430,6 +430,10 @@ impl<T: Transport> Store for QuorumStore<T> {
         self.local.now_ms()
     }
 
+    fn concurrent_requests(&self) -> bool {
+        true
+    }
+
     fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError> {
         let config = self.keyspaces.get(ks);
         let partition = ring::partition_of(&config.name, key, self.partitions);

@@ -11,6 +11,7 @@ mod conn_cmds;
 pub mod frame;
 mod key_cmds;
 mod kv_cmds;
+mod pipeline;
 mod server;
 mod server_cmds;
 mod string_cmds;

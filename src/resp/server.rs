@@ -24,6 +24,7 @@ use super::Cmd;
 use super::codec::{DecodeLimits, RequestDecoder};
 use super::command::{Cx, dispatch};
 use super::frame::{Frame, Protocol};
+use super::pipeline;
 use crate::config::FsyncPolicy;
 use crate::coordinator::{Consistency, KeyspaceId, Store};
 
@@ -134,7 +135,7 @@ pub(crate) struct Shared<S> {
 }
 
 /// One client connection's state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub id: u64,
     pub addr: SocketAddr,
@@ -350,6 +351,28 @@ enum BatchEnd {
     Close,
 }
 
+/// The next command: one carried over from a run, else one decoded from
+/// `input`. A protocol error is answered and ends the connection.
+fn next_command(
+    session: &Session,
+    decoder: &mut RequestDecoder,
+    input: &mut BytesMut,
+    carried: &mut Option<Vec<Bytes>>,
+    output: &mut BytesMut,
+) -> Result<Option<Vec<Bytes>>, BatchEnd> {
+    if let Some(args) = carried.take() {
+        return Ok(Some(args));
+    }
+    match decoder.decode(input) {
+        Ok(found) => Ok(found),
+        Err(e) => {
+            tracing::debug!(client = session.id, error = %e, "protocol error; closing");
+            Frame::error(format!("ERR {}", e.to_reply_text())).encode(session.proto, output);
+            Err(BatchEnd::Close)
+        }
+    }
+}
+
 /// Runs every complete command in `input`, encoding replies into the batch.
 async fn run_batch<S: Store>(
     shared: &Arc<Shared<S>>,
@@ -359,36 +382,101 @@ async fn run_batch<S: Store>(
     batch: &mut Batch<'_>,
     stream: &mut TcpStream,
 ) -> std::io::Result<BatchEnd> {
+    let concurrent = shared.store.concurrent_requests();
+    let mut carried = None;
     loop {
-        let args = match decoder.decode(input) {
+        let args = match next_command(session, decoder, input, &mut carried, batch.output) {
             Ok(Some(args)) => args,
             Ok(None) => return Ok(BatchEnd::NeedInput),
-            Err(e) => {
-                tracing::debug!(client = session.id, error = %e, "protocol error; closing");
-                Frame::error(format!("ERR {}", e.to_reply_text()))
-                    .encode(session.proto, batch.output);
+            Err(end) => return Ok(end),
+        };
+        let mut run = pipeline::Run::default();
+        if concurrent && session.authenticated && run.admit(&args) {
+            let mut commands = vec![args];
+            let mut end = None;
+            while commands.len() < pipeline::MAX_RUN {
+                match next_command(session, decoder, input, &mut carried, batch.output) {
+                    Ok(Some(next)) if run.admit(&next) => commands.push(next),
+                    Ok(Some(next)) => {
+                        carried = Some(next);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        end = Some(e);
+                        break;
+                    }
+                }
+            }
+            run_concurrently(shared, session, &commands, batch).await;
+            if let Some(end) = end {
+                return Ok(end);
+            }
+        } else {
+            run_one(shared, session, &args, batch).await;
+            if session.quit {
                 return Ok(BatchEnd::Close);
             }
-        };
-        shared.total_commands.fetch_add(1, Ordering::Relaxed);
-        session.commands += 1;
-        let started = session
-            .commands
-            .is_multiple_of(LATENCY_SAMPLE_EVERY)
-            .then(Instant::now);
-        let mut cx = Cx { shared, session };
-        let (cmd, reply) = dispatch(&mut cx, &args).await;
-        let failed = matches!(reply, Frame::Error(_));
-        shared.metrics.record(cmd, started, failed);
-        batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
-        reply.encode(session.proto, batch.output);
-        if session.quit {
-            return Ok(BatchEnd::Close);
         }
         if batch.output.len() >= shared.config.max_reply_buffer_bytes {
             let wrote = std::mem::take(&mut batch.wrote);
             finish_batch(shared, stream, batch.output, wrote).await?;
         }
+    }
+}
+
+/// Runs one command and encodes its reply.
+async fn run_one<S: Store>(
+    shared: &Arc<Shared<S>>,
+    session: &mut Session,
+    args: &[Bytes],
+    batch: &mut Batch<'_>,
+) {
+    shared.total_commands.fetch_add(1, Ordering::Relaxed);
+    session.commands += 1;
+    let started = session
+        .commands
+        .is_multiple_of(LATENCY_SAMPLE_EVERY)
+        .then(Instant::now);
+    let mut cx = Cx { shared, session };
+    let (cmd, reply) = dispatch(&mut cx, args).await;
+    let failed = matches!(reply, Frame::Error(_));
+    shared.metrics.record(cmd, started, failed);
+    batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
+    reply.encode(session.proto, batch.output);
+}
+
+/// Runs a [`pipeline::Run`] of independent commands together and encodes
+/// their replies in request order. They only read the session, so each gets
+/// its own copy.
+async fn run_concurrently<S: Store>(
+    shared: &Arc<Shared<S>>,
+    session: &mut Session,
+    commands: &[Vec<Bytes>],
+    batch: &mut Batch<'_>,
+) {
+    let started = Instant::now();
+    shared
+        .total_commands
+        .fetch_add(commands.len() as u64, Ordering::Relaxed);
+    session.commands += commands.len() as u64;
+    let snapshot = session.clone();
+    let replies = futures_util::future::join_all(commands.iter().map(|args| {
+        let mut own = snapshot.clone();
+        async move {
+            let mut cx = Cx {
+                shared,
+                session: &mut own,
+            };
+            dispatch(&mut cx, args).await
+        }
+    }))
+    .await;
+    for (cmd, reply) in replies {
+        let failed = matches!(reply, Frame::Error(_));
+        shared.metrics.record(cmd, Some(started), failed);
+        batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
+        reply.encode(session.proto, batch.output);
     }
 }
 

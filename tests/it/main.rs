@@ -5,6 +5,7 @@
 
 mod clients;
 mod cluster;
+mod cluster_pipeline;
 mod commands;
 mod durability;
 mod history;

@@ -1,0 +1,83 @@
+//! Pipelines against a cluster node: independent commands run concurrently,
+//! yet every reply is what running them one by one would give.
+
+use redis::Value;
+
+use crate::cluster::TestCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_keep_their_order_semantics() {
+    let cluster = TestCluster::start_with_engine(3, "memory");
+    let mut c = cluster.node(0).conn().await;
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET")
+        .arg("a")
+        .arg("1")
+        .cmd("SET")
+        .arg("a")
+        .arg("2")
+        .cmd("GET")
+        .arg("a")
+        .cmd("GET")
+        .arg("b")
+        .cmd("SET")
+        .arg("b")
+        .arg("x")
+        .cmd("GET")
+        .arg("b")
+        .cmd("KV.PUT")
+        .arg("c")
+        .arg("y")
+        .arg("W")
+        .arg("all")
+        .cmd("SET")
+        .arg("a")
+        .arg("3")
+        .arg("NX")
+        .cmd("KV.GET")
+        .arg("c")
+        .arg("R")
+        .arg("all")
+        .cmd("DEL")
+        .arg("a")
+        .cmd("GET")
+        .arg("a");
+    let replies: Vec<Value> = pipe.query_async(&mut c).await.expect("pipeline");
+    let ok = || Value::Okay;
+    let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+    assert_eq!(
+        replies,
+        vec![
+            ok(),
+            ok(),
+            bulk("2"),
+            Value::Nil,
+            ok(),
+            bulk("x"),
+            ok(),
+            Value::Nil,
+            bulk("y"),
+            Value::Int(1),
+            Value::Nil,
+        ]
+    );
+    // Many writes of one key in one pipeline: the last one wins everywhere.
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("SET").arg("hot").arg(i.to_string()).ignore();
+    }
+    pipe.cmd("KV.GET").arg("hot").arg("R").arg("all");
+    let (last,): (String,) = pipe.query_async(&mut c).await.expect("pipeline");
+    assert_eq!(last, "199");
+    for node in 1..3 {
+        let mut other = cluster.node(node).conn().await;
+        let got: String = redis::cmd("KV.GET")
+            .arg("hot")
+            .arg("R")
+            .arg("all")
+            .query_async(&mut other)
+            .await
+            .unwrap();
+        assert_eq!(got, "199", "through node{}", node + 1);
+    }
+}
