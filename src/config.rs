@@ -43,6 +43,10 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     /// Internode listener, used when `cluster.nodes` is set. Default: `127.0.0.1:7381`.
     pub peer_addr: SocketAddr,
+    /// Gossip (UDP) listener, also the address peers gossip back to, used
+    /// when `cluster.nodes` is set. Default: the IP and port of `peer_addr`
+    /// (UDP and TCP share the port number).
+    pub gossip_addr: Option<SocketAddr>,
     /// Password clients must give with AUTH before anything else. Default: none.
     pub requirepass: Option<String>,
     /// Threads serving requests; 0 means one per CPU core. Default: 0.
@@ -56,6 +60,7 @@ impl Default for NodeConfig {
             resp_addr: SocketAddr::from(([127, 0, 0, 1], 7379)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 7380)),
             peer_addr: SocketAddr::from(([127, 0, 0, 1], 7381)),
+            gossip_addr: None,
             requirepass: None,
             worker_threads: 0,
         }
@@ -173,6 +178,13 @@ pub struct ClusterConfig {
     pub nodes: Vec<MemberConfig>,
     /// Longest a coordinator waits for a replica, ms. Default: 2000.
     pub request_timeout_ms: u64,
+    /// Gossip addresses (`ip:port` or `host:port`) contacted to join the
+    /// cluster; `ringkv server --join` adds to them. Default: empty, meaning
+    /// the other `nodes`, each at its `peer_addr` (gossip port = peer port).
+    pub seeds: Vec<String>,
+    /// Time between gossip rounds, ms; failure detection takes about 8-10
+    /// rounds. Default: 250.
+    pub gossip_interval_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -182,6 +194,8 @@ impl Default for ClusterConfig {
             secret: None,
             nodes: Vec::new(),
             request_timeout_ms: 2000,
+            seeds: Vec::new(),
+            gossip_interval_ms: 250,
         }
     }
 }
@@ -325,6 +339,24 @@ impl Config {
         !self.cluster.nodes.is_empty()
     }
 
+    /// Where this node gossips: `node.gossip_addr`, else `node.peer_addr`.
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.node.gossip_addr.unwrap_or(self.node.peer_addr)
+    }
+
+    /// Gossip seeds: `cluster.seeds`, else every other member's `peer_addr`.
+    pub fn gossip_seeds(&self) -> Vec<String> {
+        if !self.cluster.seeds.is_empty() {
+            return self.cluster.seeds.clone();
+        }
+        self.cluster
+            .nodes
+            .iter()
+            .filter(|m| m.name != self.node.name)
+            .map(|m| m.peer_addr.to_string())
+            .collect()
+    }
+
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let c = &self.cluster;
         if c.nodes.is_empty() {
@@ -350,6 +382,23 @@ impl Config {
         }
         if c.request_timeout_ms == 0 {
             return fail("cluster.request_timeout_ms must be at least 1".into());
+        }
+        if !(10..=60_000).contains(&c.gossip_interval_ms) {
+            return fail(format!(
+                "cluster.gossip_interval_ms = {}: must be between 10 and 60000",
+                c.gossip_interval_ms
+            ));
+        }
+        if self.gossip_addr().port() == 0 {
+            return fail(
+                "node.gossip_addr (or node.peer_addr, its default) needs a fixed port: peers gossip back to it"
+                    .into(),
+            );
+        }
+        if let Some(seed) = c.seeds.iter().find(|s| !s.contains(':')) {
+            return fail(format!(
+                "cluster.seeds entry {seed:?} is not host:port (a gossip address)"
+            ));
         }
         Ok(())
     }
@@ -465,6 +514,12 @@ mod tests {
                 .contains("not in cluster.nodes")
         );
         c.node.name = "node1".into();
+        assert_eq!(c.gossip_seeds(), ["127.0.0.1:2"]);
+        assert_eq!(c.gossip_addr(), c.node.peer_addr);
+        c.cluster.seeds = vec!["seed.example".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("host:port"));
+        c.cluster.seeds = vec!["seed.example:7381".into()];
+        assert_eq!(c.gossip_seeds(), ["seed.example:7381"]);
         c.cluster.nodes.push(member("node2", 3));
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
     }

@@ -10,7 +10,7 @@
 //! - [`version`]: hybrid logical clocks and last-write-wins records (pure).
 //! - [`storage`]: the `Engine` trait, the fjall and memory engines, key layout.
 //! - [`net`]: internode requests and the `Transport` seam (TCP, in-memory with faults).
-//! - [`membership`]: who is in the cluster and who is up (pings today, gossip later).
+//! - [`membership`]: who is in the cluster and who is up (chitchat gossip).
 //! - [`coordinator`]: the `Store` trait, the local store, command semantics,
 //!   the expiry sweep.
 //! - [`resp`]: the Redis protocol: codec, frames, commands, server.

@@ -17,13 +17,15 @@ use crate::coordinator::{
     StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
 };
 use crate::http::{HttpServerHandle, HttpState, metrics_handle, spawn_http};
-use crate::membership::{ClusterView, MemberView, MonitorHandle, PeerMonitor};
+use crate::membership::{
+    ClusterView, GossipConfig, MemberView, Membership, MembershipHandle, spawn_gossip,
+};
 use crate::net::{PeerConfig, PeerServerHandle, TcpTransport, bind_peer_server};
 use crate::resp::codec::DecodeLimits;
 use crate::resp::{RespConfig, RespServer, RespServerHandle};
 use crate::ring::{Layout, NodeSpec};
 use crate::storage::{Engine, FjallEngine, MemoryEngine, StorageError};
-use crate::version::{Hlc, SystemClock};
+use crate::version::{Clock, Hlc, SystemClock};
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +55,7 @@ pub struct Node {
     resp: RespServerHandle,
     http: HttpServerHandle,
     peer: Option<PeerServerHandle>,
-    monitor: Option<MonitorHandle>,
+    membership: Option<MembershipHandle>,
     sweep: SweepHandle,
     fsync_stop_tx: watch::Sender<bool>,
     fsync_task: Option<JoinHandle<()>>,
@@ -115,12 +117,12 @@ impl Node {
         let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
             .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
-        let (resp, peer, monitor, cluster_view) = if config.is_clustered() {
+        let (resp, peer, membership, cluster_view) = if config.is_clustered() {
             let parts = start_cluster(&config, engine_kind, store.clone()).await?;
             (
                 parts.resp,
                 Some(parts.peer),
-                Some(parts.monitor),
+                Some(parts.membership),
                 parts.view,
             )
         } else {
@@ -146,7 +148,7 @@ impl Node {
             resp,
             http,
             peer,
-            monitor,
+            membership,
             sweep,
             fsync_stop_tx,
             fsync_task,
@@ -174,8 +176,8 @@ impl Node {
         if let Some(peer) = self.peer {
             peer.shutdown().await;
         }
-        if let Some(monitor) = self.monitor {
-            monitor.shutdown().await;
+        if let Some(membership) = self.membership {
+            membership.shutdown().await;
         }
         self.http.shutdown().await;
         self.sweep.shutdown().await;
@@ -228,12 +230,9 @@ type ViewFn = Arc<dyn Fn() -> ClusterView + Send + Sync>;
 struct ClusterParts {
     resp: RespServerHandle,
     peer: PeerServerHandle,
-    monitor: MonitorHandle,
+    membership: MembershipHandle,
     view: ViewFn,
 }
-
-/// How often peers are pinged for liveness.
-const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A node alone: it owns every partition and is up.
 fn single_node_view(config: &Config) -> ViewFn {
@@ -248,22 +247,26 @@ fn single_node_view(config: &Config) -> ViewFn {
             up: true,
             last_seen_ms_ago: Some(0),
             partitions_owned: config.cluster.partitions,
+            gossip_addr: None,
+            layout_version: Some(1),
         }],
     };
     Arc::new(move || view.clone())
 }
 
-/// Starts the internode server, the peer monitor and a RESP server over the
-/// quorum coordinator.
+/// Starts the internode server, gossip membership and a RESP server over
+/// the quorum coordinator.
 async fn start_cluster(
     config: &Config,
     engine: &'static str,
     local: Arc<LocalStore>,
 ) -> Result<ClusterParts, StartError> {
     let secret = config.cluster.secret.clone().unwrap_or_default();
-    let mut peer_config = PeerConfig::new(config.node.name.clone(), secret);
+    let mut peer_config = PeerConfig::new(config.node.name.clone(), secret.clone());
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
     let transport = Arc::new(TcpTransport::new(peer_config.clone()));
+    // NOTE: the configured addresses are a starting point; gossip replaces
+    // them with what each peer publishes (see `spawn_gossip`).
     for member in &config.cluster.nodes {
         if member.name != config.node.name {
             transport.set_peer(&member.name, member.peer_addr);
@@ -276,8 +279,7 @@ async fn start_cluster(
         version = layout.version(),
         "cluster layout computed"
     );
-    let monitor = PeerMonitor::new(config.node.name.clone(), config.cluster.nodes.clone());
-    let monitor_handle = monitor.spawn(transport.clone(), PING_INTERVAL);
+    let layout_version = layout.version();
     let quorum = Arc::new(QuorumStore::new(
         QuorumConfig {
             node_name: config.node.name.clone(),
@@ -285,11 +287,9 @@ async fn start_cluster(
             partitions: config.cluster.partitions,
         },
         local.clone(),
-        transport,
+        transport.clone(),
         layout,
     ));
-    let view_store = quorum.clone();
-    let view: ViewFn = Arc::new(move || monitor.view(&view_store.layout()));
     let handler = Arc::new(ReplicaHandler::new(local));
     let peer = bind_peer_server(config.node.peer_addr, peer_config, handler)
         .await
@@ -297,13 +297,66 @@ async fn start_cluster(
             addr: config.node.peer_addr,
             source,
         })?;
+    let membership = Membership::new(config.node.name.clone(), config.cluster.nodes.clone());
+    let gossip = gossip_config(config, secret, peer.local_addr(), layout_version);
+    let gossip_addr = gossip.listen_addr;
+    let follow = transport.clone();
+    let membership_handle = spawn_gossip(
+        gossip,
+        membership.clone(),
+        &chitchat::transport::UdpTransport,
+        Box::new(move |name, addr| follow.set_peer(name, addr)),
+    )
+    .await
+    .map_err(|e| StartError::Bind {
+        addr: gossip_addr,
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let view_store = quorum.clone();
+    let view: ViewFn = Arc::new(move || membership.view(&view_store.layout()));
     let resp = start_resp(config, engine, quorum).await?;
     Ok(ClusterParts {
         resp,
         peer,
-        monitor: monitor_handle,
+        membership: membership_handle,
         view,
     })
+}
+
+/// What this node gossips. An unspecified listen IP (`0.0.0.0`) is
+/// advertised as the IP of this node's `cluster.nodes` entry.
+fn gossip_config(
+    config: &Config,
+    secret: String,
+    bound_peer_addr: SocketAddr,
+    layout_version: u64,
+) -> GossipConfig {
+    let me = config
+        .cluster
+        .nodes
+        .iter()
+        .find(|m| m.name == config.node.name);
+    let advertise = |mut addr: SocketAddr| {
+        if addr.ip().is_unspecified()
+            && let Some(me) = me
+        {
+            addr.set_ip(me.peer_addr.ip());
+        }
+        addr
+    };
+    let listen_addr = config.gossip_addr();
+    GossipConfig {
+        node_name: config.node.name.clone(),
+        generation: SystemClock.now_ms(),
+        listen_addr,
+        advertise_addr: advertise(listen_addr),
+        seeds: config.gossip_seeds(),
+        cluster_secret: secret,
+        gossip_interval: Duration::from_millis(config.cluster.gossip_interval_ms),
+        peer_addr: advertise(bound_peer_addr),
+        zone: me.and_then(|m| m.zone.clone()),
+        layout_version,
+    }
 }
 
 async fn start_resp<S: Store>(

@@ -1,22 +1,36 @@
-//! Membership view and failure detection.
+//! Membership view and failure detection by gossip (chitchat).
 //!
-//! Today membership is static (`cluster.nodes`) and liveness comes from a
-//! [`PeerMonitor`] that pings every peer on a fixed interval through the
-//! [`Transport`]: a peer that does not answer is marked down, one that
-//! answers again is marked up. Gossip (chitchat) will replace the pings.
+//! Every node runs a chitchat instance on UDP (`node.gossip_addr`) and
+//! publishes its internode TCP address, zone and layout version; scuttlebutt
+//! spreads them and a phi-accrual detector decides who is live. A sync task
+//! ([`gossip`]) copies chitchat's view into [`Membership`] every gossip
+//! interval, logs up/down transitions and points the TCP transport at the
+//! newest address of each peer. The layout members are still `cluster.nodes`.
+//!
 //! Invariant: liveness only ever informs routing and reporting; it never
 //! changes the layout.
+//!
+//! NOTE: gossip is **not** authenticated by the cluster secret. The chitchat
+//! cluster id contains a hash of the secret, so nodes of different clusters
+//! do not gossip together by mistake, but anyone who can send UDP datagrams to
+//! a gossip port can forge liveness or a peer's TCP address. That can mislead
+//! routing (a denial of service), not data: the TCP data path still proves
+//! the secret on every connection, so a forged address only gets refused
+//! handshakes. Keep gossip ports on a trusted network.
 
+pub mod gossip;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+
+pub use gossip::{GossipConfig, MembershipHandle, spawn_gossip};
 
 use crate::config::MemberConfig;
-use crate::net::{Request, Response, Transport};
 use crate::ring::Layout;
 
 /// One node as this node sees it.
@@ -24,7 +38,7 @@ use crate::ring::Layout;
 pub struct MemberView {
     /// Node name.
     pub name: String,
-    /// Internode address.
+    /// Internode address (as gossiped, else as configured).
     pub peer_addr: String,
     /// Zone, if any.
     pub zone: Option<String>,
@@ -34,6 +48,12 @@ pub struct MemberView {
     pub last_seen_ms_ago: Option<u64>,
     /// Partitions whose token it holds in the layout.
     pub partitions_owned: u32,
+    /// Gossip (UDP) address, once heard from.
+    #[serde(default)]
+    pub gossip_addr: Option<String>,
+    /// Layout version the node says it runs, once heard from.
+    #[serde(default)]
+    pub layout_version: Option<u64>,
 }
 
 /// The cluster as one node sees it (`GET /v1/cluster`).
@@ -49,144 +69,155 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
 }
 
+/// What gossip says about one peer at one instant (its newest generation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Observation {
+    pub name: String,
+    pub up: bool,
+    pub generation: u64,
+    pub heartbeat: u64,
+    pub gossip_addr: SocketAddr,
+    pub peer_addr: Option<SocketAddr>,
+    pub zone: Option<String>,
+    pub layout_version: Option<u64>,
+}
+
 #[derive(Debug, Clone)]
-struct Liveness {
+struct PeerState {
     up: bool,
     last_seen: Option<Instant>,
+    seen: Option<Observation>,
 }
 
-/// Pings peers and remembers who answered.
+/// Who is in the cluster (`cluster.nodes`) and who is up (gossip).
 #[derive(Debug)]
-pub struct PeerMonitor {
+pub struct Membership {
     me: String,
     members: Vec<MemberConfig>,
-    // NOTE: blocking lock, held only to read or update one entry, never across an await.
-    liveness: RwLock<Vec<Liveness>>,
+    // NOTE: blocking lock, held only to read or update entries, never across an await.
+    peers: RwLock<HashMap<String, PeerState>>,
 }
 
-/// The running monitor task.
-#[derive(Debug)]
-pub struct MonitorHandle {
-    shutdown_tx: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl MonitorHandle {
-    /// Stops pinging.
-    pub async fn shutdown(self) {
-        let _ = self.shutdown_tx.send(true);
-        let _ = self.task.await;
-    }
-}
-
-impl PeerMonitor {
-    /// A monitor for `members` (this node, `me`, included), all assumed up.
+impl Membership {
+    /// The membership of `members` (this node, `me`, included); peers are
+    /// down until gossip hears from them.
     pub fn new(me: String, members: Vec<MemberConfig>) -> Arc<Self> {
-        let liveness = members
+        let peers = members
             .iter()
-            .map(|_| Liveness {
-                up: true,
-                last_seen: None,
+            .filter(|m| m.name != me)
+            .map(|m| {
+                let state = PeerState {
+                    up: false,
+                    last_seen: None,
+                    seen: None,
+                };
+                (m.name.clone(), state)
             })
             .collect();
         Arc::new(Self {
             me,
             members,
-            liveness: RwLock::new(liveness),
+            peers: RwLock::new(peers),
         })
     }
 
-    /// Pings every peer each `interval` until shut down.
-    pub fn spawn<T: Transport>(
-        self: &Arc<Self>,
-        transport: Arc<T>,
-        interval: Duration,
-    ) -> MonitorHandle {
-        let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
-        let monitor = self.clone();
-        let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = ticker.tick() => monitor.probe_all(&*transport).await,
-                    _ = shutdown_rx.changed() => return,
-                }
+    /// Applies one round of observations; returns the peers whose TCP
+    /// address is new or changed, for the transport to follow.
+    pub(crate) fn observe(&self, observations: Vec<Observation>) -> Vec<(String, SocketAddr)> {
+        let now = Instant::now();
+        let mut moved = Vec::new();
+        let mut peers = self.peers.write();
+        let mut seen_names = Vec::with_capacity(observations.len());
+        for obs in observations {
+            let Some(state) = peers.get_mut(&obs.name) else {
+                tracing::debug!(peer = %obs.name, "gossip from a node outside cluster.nodes ignored");
+                continue;
+            };
+            seen_names.push(obs.name.clone());
+            let before = state.seen.as_ref();
+            let beat = before
+                .is_none_or(|b| (b.generation, b.heartbeat) != (obs.generation, obs.heartbeat));
+            if obs.up && beat {
+                state.last_seen = Some(now);
             }
-        });
-        MonitorHandle { shutdown_tx, task }
-    }
-
-    async fn probe_all<T: Transport>(&self, transport: &T) {
-        let probes = self
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.name != self.me)
-            .map(|(i, m)| async move { (i, transport.call(&m.name, Request::Ping).await) });
-        for (i, result) in futures_util::future::join_all(probes).await {
-            let up = matches!(result, Ok(Response::Pong));
-            self.record(i, up, result.err().map(|e| e.to_string()));
+            if let Some(addr) = obs.peer_addr
+                && before.and_then(|b| b.peer_addr) != Some(addr)
+            {
+                moved.push((obs.name.clone(), addr));
+            }
+            Self::transition(&obs.name, state, obs.up, obs.generation);
+            state.seen = Some(obs);
         }
+        // A peer gossip forgot entirely (garbage-collected) is down.
+        for (name, state) in peers.iter_mut() {
+            if !seen_names.contains(name) {
+                let generation = state.seen.as_ref().map_or(0, |s| s.generation);
+                Self::transition(name, state, false, generation);
+            }
+        }
+        let live = peers.values().filter(|p| p.up).count();
+        metrics::gauge!("ringkv_live_peers").set(live as f64);
+        moved
     }
 
-    fn record(&self, i: usize, up: bool, error: Option<String>) {
-        let mut liveness = self.liveness.write();
-        let Some(entry) = liveness.get_mut(i) else {
+    fn transition(name: &str, state: &mut PeerState, up: bool, generation: u64) {
+        if state.up == up {
             return;
-        };
-        let name = &self.members[i].name;
-        if entry.up != up {
-            if up {
-                tracing::info!(peer = %name, "peer is up");
-            } else {
-                tracing::warn!(peer = %name, error = error.as_deref().unwrap_or(""), "peer is down");
-            }
-            metrics::counter!("ringkv_peer_state_changes_total", "peer" => name.clone())
-                .increment(1);
         }
-        entry.up = up;
+        state.up = up;
         if up {
-            entry.last_seen = Some(Instant::now());
+            tracing::info!(peer = %name, generation, "peer is up");
+        } else {
+            tracing::warn!(peer = %name, generation, "peer is down");
         }
+        metrics::counter!("ringkv_peer_state_changes_total", "peer" => name.to_owned())
+            .increment(1);
     }
 
-    /// True unless the last ping of `name` failed.
+    /// True if `name` is this node, not a member, or live by gossip.
     pub fn is_up(&self, name: &str) -> bool {
-        let liveness = self.liveness.read();
-        self.members
-            .iter()
-            .zip(liveness.iter())
-            .find(|(m, _)| m.name == name)
-            .is_none_or(|(_, l)| l.up)
+        name == self.me || self.peers.read().get(name).is_none_or(|p| p.up)
     }
 
     /// The cluster as this node sees it, under `layout`.
     pub fn view(&self, layout: &Layout) -> ClusterView {
         let counts = layout.partition_counts();
-        let liveness = self.liveness.read();
+        let peers = self.peers.read();
         let mut members: Vec<MemberView> = self
             .members
             .iter()
-            .zip(liveness.iter())
-            .map(|(m, l)| {
-                let me = m.name == self.me;
+            .map(|m| {
                 let owned = layout
                     .index_of(&m.name)
                     .and_then(|i| counts.get(usize::from(i)).copied())
                     .unwrap_or(0);
-                MemberView {
+                let mut view = MemberView {
                     name: m.name.clone(),
                     peer_addr: m.peer_addr.to_string(),
                     zone: m.zone.clone(),
-                    up: me || l.up,
-                    last_seen_ms_ago: if me {
-                        Some(0)
-                    } else {
-                        l.last_seen.map(|t| t.elapsed().as_millis() as u64)
-                    },
+                    up: true,
+                    last_seen_ms_ago: Some(0),
                     partitions_owned: owned,
+                    gossip_addr: None,
+                    layout_version: None,
+                };
+                if m.name == self.me {
+                    view.layout_version = Some(layout.version());
+                } else if let Some(p) = peers.get(&m.name) {
+                    view.up = p.up;
+                    view.last_seen_ms_ago = p.last_seen.map(|t| t.elapsed().as_millis() as u64);
+                    if let Some(seen) = &p.seen {
+                        if let Some(addr) = seen.peer_addr {
+                            view.peer_addr = addr.to_string();
+                        }
+                        if seen.zone.is_some() {
+                            view.zone = seen.zone.clone();
+                        }
+                        view.gossip_addr = Some(seen.gossip_addr.to_string());
+                        view.layout_version = seen.layout_version;
+                    }
                 }
+                view
             })
             .collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
@@ -202,22 +233,7 @@ impl PeerMonitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{NetError, PeerId};
     use crate::ring::NodeSpec;
-
-    struct Flaky {
-        down: parking_lot::Mutex<Vec<String>>,
-    }
-
-    impl Transport for Flaky {
-        async fn call(&self, to: &PeerId, _request: Request) -> Result<Response, NetError> {
-            if self.down.lock().iter().any(|d| d == to) {
-                Err(NetError::Unreachable("refused".into()))
-            } else {
-                Ok(Response::Pong)
-            }
-        }
-    }
 
     fn member(name: &str) -> MemberConfig {
         MemberConfig {
@@ -228,28 +244,47 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn marks_peers_down_and_up_and_reports_ownership() {
+    fn obs(name: &str, up: bool, heartbeat: u64, port: u16) -> Observation {
+        Observation {
+            name: name.into(),
+            up,
+            generation: 1,
+            heartbeat,
+            gossip_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            peer_addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            zone: Some("z".into()),
+            layout_version: Some(1),
+        }
+    }
+
+    #[test]
+    fn observations_mark_peers_up_and_down_and_report_moves() {
         let members = vec![member("a"), member("b"), member("c")];
-        let monitor = PeerMonitor::new("a".into(), members);
-        let net = Flaky {
-            down: parking_lot::Mutex::new(vec!["c".into()]),
-        };
-        monitor.probe_all(&net).await;
-        assert!(monitor.is_up("b") && !monitor.is_up("c"));
+        let m = Membership::new("a".into(), members);
+        assert!(m.is_up("a") && !m.is_up("b"), "peers start down");
+        let moved = m.observe(vec![obs("b", true, 1, 2), obs("c", false, 1, 3)]);
+        assert_eq!(moved.len(), 2, "first addresses are news");
+        assert!(m.is_up("b") && !m.is_up("c"));
         let layout =
             Layout::initial(64, ["a", "b", "c"].into_iter().map(NodeSpec::new).collect()).unwrap();
-        let view = monitor.view(&layout);
+        let view = m.view(&layout);
         assert_eq!(
             view.members.iter().map(|m| m.up).collect::<Vec<_>>(),
             [true, true, false]
         );
+        assert_eq!(view.members[1].peer_addr, "127.0.0.1:2");
+        assert_eq!(view.members[1].zone.as_deref(), Some("z"));
         assert_eq!(
             view.members.iter().map(|m| m.partitions_owned).sum::<u32>(),
             64
         );
-        net.down.lock().clear();
-        monitor.probe_all(&net).await;
-        assert!(monitor.is_up("c"));
+        // Same addresses: nothing to move. A new port for c: one move.
+        let moved = m.observe(vec![obs("b", true, 2, 2), obs("c", true, 2, 9)]);
+        assert_eq!(moved, [("c".to_string(), "127.0.0.1:9".parse().unwrap())]);
+        assert!(m.is_up("c"));
+        // b vanishes from gossip: down.
+        m.observe(vec![obs("c", true, 3, 9)]);
+        assert!(!m.is_up("b"));
+        assert!(m.is_up("stranger"), "non-members are not judged");
     }
 }

@@ -248,10 +248,14 @@ async fn a_killed_node_is_seen_down_within_5_s_and_up_within_5_s_of_its_return()
         .sum();
     assert_eq!(owned, 1024, "{body}");
 
+    // Peers are down until gossip hears from them: see node3 up first, or
+    // the wait for "down" below would pass without detecting anything.
+    wait_for_liveness(&cluster, 0, "node3", true).await;
     cluster.kill(2);
     let down = wait_for_liveness(&cluster, 0, "node3", false).await;
     assert!(down < Duration::from_secs(5), "seen down after {down:?}");
     cluster.restart(2);
     let up = wait_for_liveness(&cluster, 0, "node3", true).await;
     assert!(up < Duration::from_secs(5), "seen up after {up:?}");
+    eprintln!("node3 seen down after {down:?}, up {up:?} after its restart");
 }

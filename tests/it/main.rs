@@ -8,6 +8,7 @@ mod cluster;
 mod cluster_pipeline;
 mod commands;
 mod durability;
+mod gossip;
 mod history;
 mod http;
 mod limits;

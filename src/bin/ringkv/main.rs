@@ -56,6 +56,17 @@ struct ServerArgs {
     /// Internode listen address, in a cluster [default: 127.0.0.1:7381].
     #[arg(long, env = "RINGKV_PEER_ADDR")]
     peer_addr: Option<SocketAddr>,
+    /// Gossip (UDP) listen address, in a cluster [default: the IP and port of --peer-addr].
+    #[arg(long, env = "RINGKV_GOSSIP_ADDR")]
+    gossip_addr: Option<SocketAddr>,
+    /// Gossip address of a node to join through (repeatable; adds to cluster.seeds).
+    #[arg(
+        long = "join",
+        value_name = "ADDR",
+        env = "RINGKV_JOIN",
+        value_delimiter = ','
+    )]
+    join: Vec<String>,
     /// Secret shared by every node of the cluster (at least 16 characters).
     #[arg(long, env = "RINGKV_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
@@ -103,6 +114,10 @@ impl ServerArgs {
         set(&mut node.resp_addr, self.resp_addr);
         set(&mut node.http_addr, self.http_addr);
         set(&mut node.peer_addr, self.peer_addr);
+        if self.gossip_addr.is_some() {
+            node.gossip_addr = self.gossip_addr;
+        }
+        config.cluster.seeds.extend(self.join);
         if self.cluster_secret.is_some() {
             config.cluster.secret = self.cluster_secret;
         }
