@@ -3,6 +3,7 @@
 //! Handlers run after the dispatcher checked arity.
 
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 
 use super::Cmd;
 use super::command::{CmdError, Cx, Reply, is, parse_i64};
@@ -11,35 +12,36 @@ use super::string_cmds::ExpiryArg;
 use crate::coordinator::{ExpireCondition, Store, WriteCmd};
 
 pub(crate) async fn del<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
-    let mut deleted = 0;
+    let mut keys: Vec<&Bytes> = Vec::with_capacity(args.len() - 1);
+    let mut seen = std::collections::HashSet::with_capacity(args.len() - 1);
     for key in &args[1..] {
-        let key = cx.check_key(key)?;
-        let outcome = cx
-            .store()
-            .write(
-                cx.session.keyspace,
-                key,
-                WriteCmd::Delete,
-                cx.session.consistency,
-            )
-            .await?;
-        deleted += i64::from(outcome.applied);
+        cx.check_key(key)?;
+        // NOTE: a key named twice is deleted (and counted) once, as in Redis.
+        if seen.insert(key) {
+            keys.push(key);
+        }
     }
-    Ok(Frame::Integer(deleted))
+    let (store, ks, levels) = (cx.store(), cx.session.keyspace, cx.session.consistency);
+    let outcomes = try_join_all(
+        keys.iter()
+            .map(|key| store.write(ks, key, WriteCmd::Delete, levels)),
+    )
+    .await?;
+    Ok(Frame::Integer(
+        outcomes.iter().map(|o| i64::from(o.applied)).sum(),
+    ))
 }
 
 pub(crate) async fn exists<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
-    let mut found = 0;
-    for key in &args[1..] {
-        let key = cx.check_key(key)?;
-        found += i64::from(
-            cx.store()
-                .get(cx.session.keyspace, key, cx.session.consistency)
-                .await?
-                .is_some(),
-        );
+    let keys = &args[1..];
+    for key in keys {
+        cx.check_key(key)?;
     }
-    Ok(Frame::Integer(found))
+    let (store, ks, levels) = (cx.store(), cx.session.keyspace, cx.session.consistency);
+    let entries = try_join_all(keys.iter().map(|key| store.get(ks, key, levels))).await?;
+    Ok(Frame::Integer(
+        entries.iter().filter(|e| e.is_some()).count() as i64,
+    ))
 }
 
 fn expire_condition(options: &[Bytes]) -> Result<ExpireCondition, CmdError> {

@@ -4,6 +4,7 @@
 //! positions they index exist.
 
 use bytes::Bytes;
+use futures_util::future::try_join_all;
 
 use super::Cmd;
 use super::command::{CmdError, Cx, Reply, is, parse_i64};
@@ -223,16 +224,20 @@ pub(crate) async fn getex<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
 }
 
 pub(crate) async fn mget<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
-    let mut values = Vec::with_capacity(args.len() - 1);
-    for key in &args[1..] {
-        let key = cx.check_key(key)?;
-        let entry = cx
-            .store()
-            .get(cx.session.keyspace, key, cx.session.consistency)
-            .await?;
-        values.push(bulk_or_null(entry.map(|e| e.value)));
+    let keys = &args[1..];
+    for key in keys {
+        cx.check_key(key)?;
     }
-    Ok(Frame::Array(values))
+    // NOTE: one request per key, all at once: in a cluster each key has its
+    // own replicas and round trip.
+    let (store, ks, levels) = (cx.store(), cx.session.keyspace, cx.session.consistency);
+    let entries = try_join_all(keys.iter().map(|key| store.get(ks, key, levels))).await?;
+    Ok(Frame::Array(
+        entries
+            .into_iter()
+            .map(|entry| bulk_or_null(entry.map(|e| e.value)))
+            .collect(),
+    ))
 }
 
 pub(crate) async fn mset<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
@@ -248,16 +253,18 @@ pub(crate) async fn mset<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply 
         cx.check_value(&pair[1])?;
     }
     let expiry = default_expiry(cx);
-    for pair in pairs.chunks_exact(2) {
+    let (store, ks, levels) = (cx.store(), cx.session.keyspace, cx.session.consistency);
+    // NOTE: writes are stamped in argument order before their first await,
+    // so a key given twice ends with its last value, as in Redis.
+    try_join_all(pairs.chunks_exact(2).map(|pair| {
         let write = WriteCmd::Set {
             value: pair[1].clone(),
             expiry,
             condition: SetCondition::Always,
         };
-        cx.store()
-            .write(cx.session.keyspace, &pair[0], write, cx.session.consistency)
-            .await?;
-    }
+        store.write(ks, &pair[0], write, levels)
+    }))
+    .await?;
     Ok(Frame::ok())
 }
 
