@@ -81,3 +81,42 @@ async fn pipelined_commands_keep_their_order_semantics() {
         assert_eq!(got, "199", "through node{}", node + 1);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_key_commands_fan_out_with_redis_semantics() {
+    let cluster = TestCluster::start_with_engine(3, "memory");
+    let mut c = cluster.node(1).conn().await;
+    let ok: String = redis::cmd("MSET")
+        .arg(&["a", "1", "b", "2", "a", "3"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let got: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&["a", "b", "zz", "a"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![Some("3".into()), Some("2".into()), None, Some("3".into())]
+    );
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&["a", "a", "zz"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 2, "a repeated key counts twice in EXISTS");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&["a", "a", "b", "zz"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2, "a repeated key is deleted once");
+    let got: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&["a", "b"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![None, None]);
+}
