@@ -83,7 +83,9 @@ start_ringkv() { # engine fsync -> sets ringkv_port and ringkv_pid
 # One redis-benchmark run; prints "rps p50 p99" per test (SET then GET).
 run_bench() { # port extra-args...
   local port=$1; shift
-  redis-benchmark -p "$port" -t set,get -n "$requests" -c 50 --csv "$@" 2>/dev/null |
+  # NOTE: a benchmark that stops on an error reply yields no rows instead of
+  # aborting the whole comparison (its stderr goes to the log).
+  { redis-benchmark -p "$port" -t set,get -n "$requests" -c 50 --csv "$@" 2>>"$work/benchmark-errors.log" || true; } |
     awk -F'","' 'NR>1 { gsub(/"/,""); split($0,f,","); print f[1], f[2], f[5], f[7] }'
 }
 

@@ -38,7 +38,8 @@ pub struct PeerConfig {
     pub connect_timeout: Duration,
     /// Longest a server waits for a connecting peer's handshake. Default 1 s.
     pub handshake_timeout: Duration,
-    /// Most calls in flight to one peer; more get `Overloaded`. Default 1024.
+    /// Most calls in flight to one peer; a further call waits up to half the
+    /// request timeout for one to finish, then gets `Overloaded`. Default 1024.
     pub max_in_flight_per_peer: usize,
     /// Most requests one server connection handles at once; past it the
     /// server stops reading that connection until one finishes. Default 1024.
@@ -282,9 +283,22 @@ impl TcpTransport {
         request: Request,
     ) -> Result<Response, NetError> {
         let max = self.inner.config.max_in_flight_per_peer;
-        let Ok(_permit) = slot.in_flight.clone().try_acquire_owned() else {
-            metrics::counter!("ringkv_peer_overloaded_total").increment(1);
-            return Err(NetError::Overloaded(max));
+        let _permit = match slot.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // NOTE: backpressure, not failure: wait (bounded) for a call
+                // to finish, so a burst slows the callers instead of failing them.
+                metrics::counter!("ringkv_peer_in_flight_waits_total").increment(1);
+                let wait = self.inner.config.request_timeout / 2;
+                match tokio::time::timeout(wait, slot.in_flight.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(NetError::Closed),
+                    Err(_) => {
+                        metrics::counter!("ringkv_peer_overloaded_total").increment(1);
+                        return Err(NetError::Overloaded(max));
+                    }
+                }
+            }
         };
         let conn = self.connection(slot, addr).await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);

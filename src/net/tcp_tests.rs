@@ -369,3 +369,30 @@ async fn unknown_protocol_version_closes_the_connection() {
     assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_call_over_the_in_flight_limit_waits_for_a_slot() {
+    let handler = Arc::new(TestHandler::default());
+    let server = start(handler.clone()).await;
+    let config = PeerConfig {
+        max_in_flight_per_peer: 1,
+        ..PeerConfig::new("client", SECRET)
+    };
+    let transport = client(server.local_addr(), config);
+    let blocked = {
+        let transport = transport.clone();
+        tokio::spawn(async move { transport.call("server", read("gate", "k")).await })
+    };
+    while handler.calls.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let waiting = {
+        let transport = transport.clone();
+        tokio::spawn(async move { transport.call("server", Request::Ping).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    handler.gate.add_permits(1);
+    assert!(blocked.await.unwrap().is_ok());
+    assert_eq!(waiting.await.unwrap(), Ok(Response::Pong));
+    server.shutdown().await;
+}
