@@ -81,7 +81,14 @@ pub struct QuorumStore<T: Transport> {
     keyspaces: Keyspaces,
     // NOTE: a blocking lock held only to clone the Arc out, never across an await.
     layout: RwLock<Arc<Layout>>,
+    /// Bounds the writes still on their way to replicas after the client
+    /// was answered.
+    late_writes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most writes that may still be reaching their remaining replicas after
+/// their client was answered; past it, writes wait for every replica.
+pub const MAX_LATE_WRITES: usize = 1024;
 
 /// One replica's answer, or why there is none.
 type ReplicaResult = (Arc<str>, Result<Response, String>);
@@ -108,6 +115,7 @@ impl<T: Transport> QuorumStore<T> {
             node_id: config.node_id,
             partitions: config.partitions,
             layout: RwLock::new(Arc::new(layout)),
+            late_writes: Arc::new(tokio::sync::Semaphore::new(MAX_LATE_WRITES)),
         }
     }
 
@@ -187,7 +195,22 @@ impl<T: Transport> QuorumStore<T> {
             }
         }
         if to_all && !calls.is_empty() {
-            tokio::spawn(async move { while calls.next().await.is_some() {} });
+            match self.late_writes.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    tokio::spawn(async move {
+                        while calls.next().await.is_some() {}
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    // NOTE: too many writes are still reaching their last
+                    // replicas: finish this one before answering, so an
+                    // overloaded cluster slows its clients down instead of
+                    // piling up (or dropping) replica writes.
+                    metrics::counter!("ringkv_late_writes_waited_total").increment(1);
+                    while calls.next().await.is_some() {}
+                }
+            }
         }
         (good, bad)
     }
