@@ -151,14 +151,6 @@ impl LocalStore {
         }
     }
 
-    fn live_entry(record: Option<&Record>, now_ms: u64) -> Option<Entry> {
-        let record = record?;
-        record.live_value(now_ms).map(|value| Entry {
-            value: value.clone(),
-            expiry_ms: record.expiry_ms,
-        })
-    }
-
     /// Replaces the stored record of `storage_key` under its stripe lock,
     /// keeping the key count right. Used by writes and the expiry sweep.
     pub(crate) fn replace_locked(
@@ -204,7 +196,7 @@ impl LocalStore {
         self.with_key_lock(ks, key, |storage_key| {
             let now = self.hlc.wall_ms();
             let old = self.read_record(storage_key)?;
-            let previous = Self::live_entry(old.as_ref(), now);
+            let previous = Entry::from_record(old.as_ref(), now);
             let version = || Version {
                 timestamp: self.hlc.now_at(now),
                 node: self.node,
@@ -263,7 +255,7 @@ impl Store for LocalStore {
         check_single_replica(consistency.read)?;
         let located = self.locate(ks, key);
         let record = self.read_record(&located.storage_key)?;
-        Ok(Self::live_entry(record.as_ref(), self.hlc.wall_ms()))
+        Ok(Entry::from_record(record.as_ref(), self.hlc.wall_ms()))
     }
 
     async fn write(

@@ -41,6 +41,18 @@ pub struct Entry {
     pub expiry_ms: Option<u64>,
 }
 
+impl Entry {
+    /// What a client sees of `record` at wall time `now_ms`: its value and
+    /// expiry if it is live, nothing if it is a tombstone or expired.
+    pub fn from_record(record: Option<&crate::version::Record>, now_ms: u64) -> Option<Entry> {
+        let record = record?;
+        record.live_value(now_ms).map(|value| Entry {
+            value: value.clone(),
+            expiry_ms: record.expiry_ms,
+        })
+    }
+}
+
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WriteOutcome {

@@ -379,13 +379,7 @@ impl<T: Transport> Store for QuorumStore<T> {
     ) -> Result<Option<Entry>, StoreError> {
         let key = Bytes::copy_from_slice(key);
         let record = self.quorum_read(ks, &key, consistency.read).await?;
-        let now = self.now_ms();
-        Ok(record.and_then(|r| {
-            r.live_value(now).map(|value| Entry {
-                value: value.clone(),
-                expiry_ms: r.expiry_ms,
-            })
-        }))
+        Ok(Entry::from_record(record.as_ref(), self.now_ms()))
     }
 
     async fn write(
@@ -401,12 +395,7 @@ impl<T: Transport> Store for QuorumStore<T> {
             None
         } else {
             let record = self.quorum_read(ks, &key, consistency.read).await?;
-            record.and_then(|r| {
-                r.live_value(now).map(|value| Entry {
-                    value: value.clone(),
-                    expiry_ms: r.expiry_ms,
-                })
-            })
+            Entry::from_record(record.as_ref(), now)
         };
         let version = Version {
             timestamp: self.local.hlc().now(),
