@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -461,17 +462,23 @@ async fn run_concurrently<S: Store>(
         .fetch_add(commands.len() as u64, Ordering::Relaxed);
     session.commands += commands.len() as u64;
     let snapshot = session.clone();
-    let replies = futures_util::future::join_all(commands.iter().map(|args| {
-        let mut own = snapshot.clone();
-        async move {
-            let mut cx = Cx {
-                shared,
-                session: &mut own,
-            };
-            dispatch(&mut cx, args).await
-        }
-    }))
-    .await;
+    // NOTE: FuturesOrdered polls only the commands that were woken (join_all
+    // polls every one on each wake-up) and still yields replies in order.
+    let replies: Vec<_> = commands
+        .iter()
+        .map(|args| {
+            let mut own = snapshot.clone();
+            async move {
+                let mut cx = Cx {
+                    shared,
+                    session: &mut own,
+                };
+                dispatch(&mut cx, args).await
+            }
+        })
+        .collect::<futures_util::stream::FuturesOrdered<_>>()
+        .collect()
+        .await;
     for (cmd, reply) in replies {
         let failed = matches!(reply, Frame::Error(_));
         shared.metrics.record(cmd, Some(started), failed);
