@@ -288,20 +288,69 @@ impl<T: Transport> QuorumStore<T> {
             return Err(Self::unavailable("read", needed, good.len(), bad, &plan));
         }
         let mut merged: Option<Record> = None;
-        for (_, response) in good {
-            if let Ok(Response::Record(Some(raw))) = response {
-                let record = Record::decode(raw)?;
+        let mut seen: Vec<(Arc<str>, Option<Record>)> = Vec::with_capacity(good.len());
+        for (node, response) in good {
+            let record = match response {
+                Ok(Response::Record(Some(raw))) => Some(Record::decode(raw)?),
+                _ => None,
+            };
+            if let Some(record) = &record {
                 // NOTE: the HLC advances on every version it sees, so a write
                 // this node stamps after reading orders after what it read. A
                 // version too far ahead is refused (and logged) by observe().
                 let _ = self.local.hlc().observe(record.version.timestamp);
                 merged = Some(match merged {
-                    Some(m) => m.merge(record),
-                    None => record,
+                    Some(m) => m.merge(record.clone()),
+                    None => record.clone(),
                 });
             }
+            seen.push((node, record));
+        }
+        if let Some(merged) = &merged {
+            self.read_repair(ks, key, merged, seen).await;
         }
         Ok(merged)
+    }
+
+    /// Writes the merged record back to the replicas read that hold an older
+    /// version (or none), and waits for them, so a later quorum read cannot
+    /// return anything older than this one did (monotonic reads). A failed
+    /// repair is counted and left to a later read.
+    async fn read_repair(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        merged: &Record,
+        seen: Vec<(Arc<str>, Option<Record>)>,
+    ) {
+        let stale: Vec<Arc<str>> = seen
+            .into_iter()
+            .filter(|(_, record)| record.as_ref() != Some(merged))
+            .map(|(node, _)| node)
+            .collect();
+        if stale.is_empty() {
+            return;
+        }
+        let request = Request::Write {
+            keyspace: self.keyspaces.get(ks).name.clone(),
+            key: key.clone(),
+            record: merged.encode(),
+        };
+        let repairs = stale
+            .into_iter()
+            .map(|node| self.call_replica(node, ks, key.clone(), request.clone()));
+        for (node, result) in futures_util::future::join_all(repairs).await {
+            match result {
+                Ok(Response::Written) => {
+                    metrics::counter!("ringkv_read_repairs_total").increment(1)
+                }
+                Ok(other) => tracing::warn!(peer = %node, response = ?other, "read repair refused"),
+                Err(error) => {
+                    metrics::counter!("ringkv_read_repair_failures_total").increment(1);
+                    tracing::debug!(peer = %node, %error, "read repair failed");
+                }
+            }
+        }
     }
 
     /// Writes `record` to the primaries of `key` at `level`.
@@ -700,6 +749,29 @@ mod tests {
         let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
         assert_eq!(got.unwrap().value, "v", "n3 answers for the failed n2");
         assert_eq!(c.remote_reads.load(SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_quorum_read_repairs_the_stale_replicas_it_read() {
+        let c = cluster(3);
+        c.down.lock().insert("n2".into());
+        c.coordinators[0]
+            .write(0, b"k", set(b"new"), QUORUM)
+            .await
+            .unwrap();
+        c.down.lock().clear();
+        // n2 missed the write; a read through n2 at `all` sees the newer
+        // version elsewhere and writes it back to n2.
+        let all = levels(Level::All, Level::All);
+        let got = c.coordinators[1].get(0, b"k", all).await.unwrap();
+        assert_eq!(got.unwrap().value, "new");
+        let one = levels(Level::One, Level::One);
+        let local = c.coordinators[1].get(0, b"k", one).await.unwrap();
+        assert_eq!(
+            local.map(|e| e.value),
+            Some(Bytes::from_static(b"new")),
+            "n2 was repaired"
+        );
     }
 
     #[tokio::test]
