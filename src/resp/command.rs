@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::frame::Frame;
 use super::server::{Session, Shared};
 use super::{conn_cmds, key_cmds, kv_cmds, server_cmds, string_cmds};
-use crate::coordinator::{Store, StoreError};
+use crate::coordinator::{Level, Store, StoreError};
 
 /// An error reply (its text starts with the error code, e.g. `ERR`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,19 @@ pub(crate) fn parse_i64(arg: &[u8]) -> Result<i64, CmdError> {
         })
         .and_then(|s| s.parse::<i64>().ok())
         .ok_or_else(CmdError::not_integer)
+}
+
+/// Parses a consistency level argument (`one|two|quorum|all|<integer>`).
+pub(crate) fn parse_level(arg: &[u8]) -> Result<Level, CmdError> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(Level::parse)
+        .ok_or_else(|| {
+            CmdError(
+                "ERR invalid consistency level: use one, two, quorum, all or a positive integer"
+                    .into(),
+            )
+        })
 }
 
 /// True if `arg` equals `word`, ignoring ASCII case.

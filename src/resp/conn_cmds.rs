@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 
-use super::command::{CmdError, Cx, Reply, is, parse_i64};
+use super::command::{CmdError, Cx, Reply, is, parse_i64, parse_level};
 use super::frame::{Frame, Protocol};
-use crate::coordinator::{Consistency, Level, Store};
+use crate::coordinator::{Consistency, Store};
 
 pub(crate) fn ping(args: &[Bytes]) -> Reply {
     match args {
@@ -176,10 +176,7 @@ pub(crate) fn consistency<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
         mut write,
     } = cx.session.consistency;
     while let [which, level, tail @ ..] = rest {
-        let level = std::str::from_utf8(level)
-            .ok()
-            .and_then(Level::parse)
-            .ok_or_else(|| CmdError("ERR invalid consistency level: use one, two, quorum, all or a positive integer".into()))?;
+        let level = parse_level(level)?;
         if is(which, "READ") {
             read = level;
         } else if is(which, "WRITE") {

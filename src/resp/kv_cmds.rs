@@ -5,27 +5,15 @@
 
 use bytes::Bytes;
 
-use super::command::{CmdError, Cx, Reply, is};
+use super::command::{CmdError, Cx, Reply, is, parse_level};
 use super::frame::Frame;
 use super::string_cmds::ExpiryArg;
-use crate::coordinator::{Consistency, ExpiryUpdate, Level, SetCondition, Store, WriteCmd};
+use crate::coordinator::{Consistency, ExpiryUpdate, SetCondition, Store, WriteCmd};
 
 /// Options of a KV command: levels and, for KV.PUT, an expiry.
 struct KvOptions {
     consistency: Consistency,
     expiry: Option<u64>,
-}
-
-fn parse_level(arg: &[u8]) -> Result<Level, CmdError> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(Level::parse)
-        .ok_or_else(|| {
-            CmdError(
-                "ERR invalid consistency level: use one, two, quorum, all or a positive integer"
-                    .into(),
-            )
-        })
 }
 
 fn parse_options<S: Store>(
