@@ -129,14 +129,25 @@ impl<T: Transport> QuorumStore<T> {
         self.layout.read().clone()
     }
 
-    fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Plan, StoreError> {
+    /// The key's partition, the layout in force and its preference list for
+    /// the keyspace's `n`.
+    fn preference(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+    ) -> Result<(ring::PartitionId, Arc<Layout>, ring::PreferenceList), StoreError> {
         let config = self.keyspaces.get(ks);
-        let n = config.n as usize;
         let partition = ring::partition_of(&config.name, key, self.partitions);
         let layout = self.layout();
         let list = layout
-            .preference_list(partition, n)
+            .preference_list(partition, config.n as usize)
             .map_err(|e| StoreError::Layout(e.to_string()))?;
+        Ok((partition, layout, list))
+    }
+
+    fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Plan, StoreError> {
+        let n = self.keyspaces.get(ks).n as usize;
+        let (_, layout, list) = self.preference(ks, key)?;
         let primaries = list
             .primaries
             .iter()
@@ -496,12 +507,7 @@ impl<T: Transport> Store for QuorumStore<T> {
     }
 
     fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError> {
-        let config = self.keyspaces.get(ks);
-        let partition = ring::partition_of(&config.name, key, self.partitions);
-        let layout = self.layout();
-        let list = layout
-            .preference_list(partition, config.n as usize)
-            .map_err(|e| StoreError::Layout(e.to_string()))?;
+        let (partition, layout, list) = self.preference(ks, key)?;
         let names = |nodes: &[ring::NodeIndex]| -> Vec<String> {
             nodes
                 .iter()
