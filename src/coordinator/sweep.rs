@@ -54,16 +54,23 @@ struct Cursor {
     next_key: Vec<u8>,
 }
 
+impl Cursor {
+    /// The first key of `partition`.
+    fn at(partition: PartitionId) -> Self {
+        Self {
+            partition,
+            next_key: keys::partition_range(partition).0,
+        }
+    }
+}
+
 /// Starts the sweep over `store`.
 pub fn spawn_expiry_sweep(store: Arc<LocalStore>, config: SweepConfig) -> SweepHandle {
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let reclaimed = Arc::new(AtomicU64::new(0));
     let counter = reclaimed.clone();
     let task = tokio::spawn(async move {
-        let mut cursor = Some(Cursor {
-            partition: 0,
-            next_key: keys::partition_range(0).0,
-        });
+        let mut cursor = Some(Cursor::at(0));
         let mut ticker = tokio::time::interval(config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -74,10 +81,7 @@ pub fn spawn_expiry_sweep(store: Arc<LocalStore>, config: SweepConfig) -> SweepH
             let (store, cfg, counter) = (store.clone(), config.clone(), counter.clone());
             let state = cursor.take();
             let joined = tokio::task::spawn_blocking(move || {
-                let state = state.unwrap_or(Cursor {
-                    partition: 0,
-                    next_key: keys::partition_range(0).0,
-                });
+                let state = state.unwrap_or(Cursor::at(0));
                 sweep_batch(&store, &cfg, state, &counter)
             })
             .await;
@@ -122,13 +126,10 @@ fn sweep_batch(
             partition: cursor.partition,
             next_key: keys::successor(last),
         }),
-        _ => {
-            let next = next_partition(cursor.partition, config.partitions);
-            Ok(Cursor {
-                partition: next,
-                next_key: keys::partition_range(next).0,
-            })
-        }
+        _ => Ok(Cursor::at(next_partition(
+            cursor.partition,
+            config.partitions,
+        ))),
     }
 }
 
@@ -188,10 +189,7 @@ mod tests {
 
     fn sweep_all(store: &LocalStore, config: &SweepConfig) -> u64 {
         let reclaimed = AtomicU64::new(0);
-        let mut cursor = Cursor {
-            partition: 0,
-            next_key: keys::partition_range(0).0,
-        };
+        let mut cursor = Cursor::at(0);
         // Every partition at least once; partitions with many keys take more batches.
         for _ in 0..(config.partitions as usize * 4) {
             cursor = sweep_batch(store, config, cursor, &reclaimed).unwrap();
