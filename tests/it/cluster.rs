@@ -2,27 +2,16 @@
 //! survives one dead node, `all` does not, and a peer without the cluster
 //! secret moves no data.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringkv::net::{NetError, PeerConfig, Request, TcpTransport, Transport};
 
-use crate::support::{ServerProcess, WAIT, err, ok};
+use crate::support::{ServerProcess, WAIT, err, free_ports, ok};
 
 const SECRET: &str = "it-cluster-secret-0123";
-
-/// Free loopback ports, found by binding and releasing them.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
 
 pub(crate) struct TestCluster {
     dir: tempfile::TempDir,

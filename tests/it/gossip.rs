@@ -2,23 +2,12 @@
 //! port and joined through one seed is found by every peer, and the data
 //! path follows the address gossip revealed (not the one in the config).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{ServerProcess, WAIT, http_get, ok};
+use crate::support::{ServerProcess, WAIT, free_ports, http_get, ok};
 
 const SECRET: &str = "it-gossip-secret-0123456";
-
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
 
 /// A config for node `me` (from 1) listing every node at `ports`.
 fn write_config(dir: &Path, me: usize, ports: &[u16]) -> String {

@@ -394,6 +394,17 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// `count` free loopback ports, found by binding and releasing them.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
 /// The value of `name=` in a structured log line.
 fn log_field(line: &str, name: &str) -> Option<SocketAddr> {
     let prefix = format!("{name}=");
