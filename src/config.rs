@@ -185,6 +185,14 @@ pub struct ClusterConfig {
     /// Time between gossip rounds, ms; failure detection takes about 8-10
     /// rounds. Default: 250.
     pub gossip_interval_ms: u64,
+    /// How long a hint (a write kept for a primary that missed it) is kept
+    /// for delivery, ms; older hints are dropped and anti-entropy repairs
+    /// the difference. Default: 10 800 000 (3 h).
+    pub hint_window_ms: u64,
+    /// Most bytes of hints kept for one target node; past it new hints for
+    /// that node are dropped (counted), client writes never refused.
+    /// Default: 256 MiB.
+    pub hint_max_bytes_per_target: u64,
 }
 
 impl Default for ClusterConfig {
@@ -196,6 +204,8 @@ impl Default for ClusterConfig {
             request_timeout_ms: 2000,
             seeds: Vec::new(),
             gossip_interval_ms: 250,
+            hint_window_ms: 3 * 3_600_000,
+            hint_max_bytes_per_target: 256 << 20,
         }
     }
 }
@@ -395,6 +405,20 @@ impl Config {
                     .into(),
             );
         }
+        if c.hint_window_ms == 0 || c.hint_max_bytes_per_target == 0 {
+            return fail(
+                "cluster.hint_window_ms and cluster.hint_max_bytes_per_target must be at least 1"
+                    .into(),
+            );
+        }
+        let grace = self.storage.tombstone_grace_ms;
+        if grace <= c.hint_window_ms {
+            return fail(format!(
+                "storage.tombstone_grace_ms = {grace} must be longer than cluster.hint_window_ms = {}: \
+                 a hint delivered after its tombstone was purged would bring a deleted key back",
+                c.hint_window_ms
+            ));
+        }
         if let Some(seed) = c.seeds.iter().find(|s| !s.contains(':')) {
             return fail(format!(
                 "cluster.seeds entry {seed:?} is not host:port (a gossip address)"
@@ -522,6 +546,12 @@ mod tests {
         assert_eq!(c.gossip_seeds(), ["seed.example:7381"]);
         c.cluster.nodes.push(member("node2", 3));
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        c.cluster.nodes.pop();
+        c.validate().unwrap();
+        c.storage.tombstone_grace_ms = c.cluster.hint_window_ms;
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("tombstone_grace_ms"), "{error}");
+        assert!(error.contains("hint_window_ms"), "{error}");
     }
 
     #[test]

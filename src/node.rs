@@ -13,8 +13,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
 use crate::coordinator::{
-    Keyspaces, LocalStore, LocalStoreConfig, QuorumConfig, QuorumStore, ReplicaHandler, Store,
-    StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
+    HintConfig, HintDeliveryHandle, Hints, Keyspaces, LocalStore, LocalStoreConfig, QuorumConfig,
+    QuorumStore, ReplicaHandler, Store, StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
+    spawn_hint_delivery,
 };
 use crate::http::{HttpServerHandle, HttpState, metrics_handle, spawn_http};
 use crate::membership::{
@@ -56,6 +57,7 @@ pub struct Node {
     http: HttpServerHandle,
     peer: Option<PeerServerHandle>,
     membership: Option<MembershipHandle>,
+    hints: Option<(Arc<Hints>, HintDeliveryHandle)>,
     sweep: SweepHandle,
     fsync_stop_tx: watch::Sender<bool>,
     fsync_task: Option<JoinHandle<()>>,
@@ -76,6 +78,24 @@ fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
         EngineKind::Fjall => Arc::new(FjallEngine::open(
             &config.storage.data_dir,
             config.storage.cache_bytes,
+        )?),
+    })
+}
+
+/// Hint block cache: hints are written once and read once, in order.
+const HINT_CACHE_BYTES: u64 = 4 << 20;
+
+/// How often hints are offered to the targets that are up.
+const HINT_DELIVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The hints engine: its own database under `data_dir/hints`, so hint
+/// churn never compacts with the data.
+fn open_hint_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
+    Ok(match config.storage.engine {
+        EngineKind::Memory => Arc::new(MemoryEngine::new()),
+        EngineKind::Fjall => Arc::new(FjallEngine::open(
+            &config.storage.data_dir.join("hints"),
+            HINT_CACHE_BYTES,
         )?),
     })
 }
@@ -117,17 +137,18 @@ impl Node {
         let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
             .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
-        let (resp, peer, membership, cluster_view) = if config.is_clustered() {
+        let (resp, peer, membership, cluster_view, hints) = if config.is_clustered() {
             let parts = start_cluster(&config, engine_kind, store.clone()).await?;
             (
                 parts.resp,
                 Some(parts.peer),
                 Some(parts.membership),
                 parts.view,
+                Some(parts.hints),
             )
         } else {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
-            (resp, None, None, single_node_view(&config))
+            (resp, None, None, single_node_view(&config), None)
         };
         let stats_store = store.clone();
         let http_state = HttpState {
@@ -149,6 +170,7 @@ impl Node {
             http,
             peer,
             membership,
+            hints,
             sweep,
             fsync_stop_tx,
             fsync_task,
@@ -180,6 +202,12 @@ impl Node {
             membership.shutdown().await;
         }
         self.http.shutdown().await;
+        if let Some((hints, delivery)) = self.hints {
+            delivery.shutdown().await;
+            if let Err(e) = tokio::task::spawn_blocking(move || hints.sync_to_disk()).await {
+                tracing::error!(error = %e, "fsync of hints failed");
+            }
+        }
         self.sweep.shutdown().await;
         let _ = self.fsync_stop_tx.send(true);
         if let Some(task) = self.fsync_task {
@@ -232,6 +260,7 @@ struct ClusterParts {
     peer: PeerServerHandle,
     membership: MembershipHandle,
     view: ViewFn,
+    hints: (Arc<Hints>, HintDeliveryHandle),
 }
 
 /// A node alone: it owns every partition and is up.
@@ -280,24 +309,51 @@ async fn start_cluster(
         "cluster layout computed"
     );
     let layout_version = layout.version();
-    let quorum = Arc::new(QuorumStore::new(
-        QuorumConfig {
-            node_name: config.node.name.clone(),
-            node_id: node_id(&config.node.name),
-            partitions: config.cluster.partitions,
+    let membership = Membership::new(config.node.name.clone(), config.cluster.nodes.clone());
+    let hints = Arc::new(Hints::open(
+        open_hint_engine(config)?,
+        HintConfig {
+            window_ms: config.cluster.hint_window_ms,
+            max_bytes_per_target: config.cluster.hint_max_bytes_per_target,
         },
-        local.clone(),
+        local.hlc().clone(),
+    )?);
+    let queued: u64 = hints.queues().values().map(|q| q.hints).sum();
+    if queued > 0 {
+        tracing::info!(
+            hints = queued,
+            "hints loaded, to deliver when their targets are up"
+        );
+    }
+    let live = membership.clone();
+    let is_up: crate::coordinator::Liveness = Arc::new(move |name: &str| live.is_up(name));
+    let quorum = Arc::new(
+        QuorumStore::new(
+            QuorumConfig {
+                node_name: config.node.name.clone(),
+                node_id: node_id(&config.node.name),
+                partitions: config.cluster.partitions,
+            },
+            local.clone(),
+            transport.clone(),
+            layout,
+        )
+        .with_hints(hints.clone())
+        .with_liveness(is_up.clone()),
+    );
+    let delivery = spawn_hint_delivery(
+        hints.clone(),
         transport.clone(),
-        layout,
-    ));
-    let handler = Arc::new(ReplicaHandler::new(local));
+        is_up,
+        HINT_DELIVERY_INTERVAL,
+    );
+    let handler = Arc::new(ReplicaHandler::new(local).with_hints(hints.clone()));
     let peer = bind_peer_server(config.node.peer_addr, peer_config, handler)
         .await
         .map_err(|source| StartError::Bind {
             addr: config.node.peer_addr,
             source,
         })?;
-    let membership = Membership::new(config.node.name.clone(), config.cluster.nodes.clone());
     let gossip = gossip_config(config, secret, peer.local_addr(), layout_version);
     let gossip_addr = gossip.listen_addr;
     let follow = transport.clone();
@@ -320,6 +376,7 @@ async fn start_cluster(
         peer,
         membership: membership_handle,
         view,
+        hints: (hints, delivery),
     })
 }
 

@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 
 use super::commit::GroupCommit;
 use super::{
-    Consistency, Decision, Entry, KeyspaceId, Keyspaces, Level, Placement, Store, StoreError,
-    StoreStats, WriteCmd, WriteOutcome,
+    Consistency, Decision, Entry, KeyspaceId, Keyspaces, Level, Placement, ReplicaView, Store,
+    StoreError, StoreStats, WriteCmd, WriteOutcome,
 };
 use crate::config::FsyncPolicy;
 use crate::ring;
@@ -300,6 +300,13 @@ impl Store for LocalStore {
 
     fn now_ms(&self) -> u64 {
         self.hlc.wall_ms()
+    }
+
+    async fn inspect(&self, ks: KeyspaceId, key: &[u8]) -> Result<Vec<ReplicaView>, StoreError> {
+        Ok(vec![ReplicaView {
+            node: self.node_name.clone(),
+            held: self.read_stored(ks, key).map_err(|e| e.to_string()),
+        }])
     }
 
     fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError> {

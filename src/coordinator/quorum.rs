@@ -16,8 +16,8 @@ use futures_util::stream::FuturesUnordered;
 use parking_lot::RwLock;
 
 use super::{
-    Consistency, Decision, Entry, ExpiryUpdate, KeyspaceId, Keyspaces, Level, LocalStore,
-    Placement, SetCondition, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
+    Consistency, Decision, Entry, ExpiryUpdate, Hints, KeyspaceId, Keyspaces, Level, LocalStore,
+    Placement, ReplicaView, SetCondition, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
 };
 use crate::net::{NetError, Request, Response, Transport};
 use crate::ring::{self, Layout};
@@ -84,18 +84,36 @@ pub struct QuorumStore<T: Transport> {
     /// Bounds the writes still on their way to replicas after the client
     /// was answered.
     late_writes: Arc<tokio::sync::Semaphore>,
+    /// Where writes for failed primaries are kept (none: not kept).
+    hints: Option<Arc<Hints>>,
+    /// Whether gossip says a node is up.
+    is_up: Liveness,
+    /// Quorum reads so far (samples the background repair).
+    reads: std::sync::atomic::AtomicU64,
+    /// One read in this many also checks the primaries it did not ask (0: none).
+    repair_every: u64,
 }
+
+/// Whether a node is up, as gossip sees it.
+pub type Liveness = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Most writes that may still be reaching their remaining replicas after
 /// their client was answered; past it, writes wait for every replica.
 pub const MAX_LATE_WRITES: usize = 1024;
 
+/// One quorum read in this many repairs the replicas it did not read, by
+/// default (Cassandra's old `read_repair_chance` of 0.1): a background read
+/// of `n - r` replicas per read would cost about a third of read throughput.
+pub const DEFAULT_REPAIR_EVERY: u64 = 10;
+
 /// One replica's answer, or why there is none.
 type ReplicaResult = (Arc<str>, Result<Response, String>);
 
-/// The primaries of a key and the replication factor wanted.
+/// The primaries of a key, the nodes that would stand in for them, and the
+/// replication factor wanted.
 struct Plan {
     primaries: Vec<Arc<str>>,
+    fallbacks: Vec<Arc<str>>,
     n: usize,
 }
 
@@ -116,7 +134,30 @@ impl<T: Transport> QuorumStore<T> {
             partitions: config.partitions,
             layout: RwLock::new(Arc::new(layout)),
             late_writes: Arc::new(tokio::sync::Semaphore::new(MAX_LATE_WRITES)),
+            hints: None,
+            is_up: Arc::new(|_| true),
+            reads: std::sync::atomic::AtomicU64::new(0),
+            repair_every: DEFAULT_REPAIR_EVERY,
         }
+    }
+
+    /// Keeps hints for failed primaries in `hints`.
+    pub fn with_hints(mut self, hints: Arc<Hints>) -> Self {
+        self.hints = Some(hints);
+        self
+    }
+
+    /// Asks `is_up` whether a node is alive (default: every node is).
+    pub fn with_liveness(mut self, is_up: Liveness) -> Self {
+        self.is_up = is_up;
+        self
+    }
+
+    /// After one quorum read in `every` (0: never), reads the primaries it
+    /// did not ask in the background and repairs the stale ones.
+    pub fn with_background_repair_every(mut self, every: u64) -> Self {
+        self.repair_every = every;
+        self
     }
 
     /// Installs a newer layout.
@@ -148,12 +189,17 @@ impl<T: Transport> QuorumStore<T> {
     fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Plan, StoreError> {
         let n = self.keyspaces.get(ks).n as usize;
         let (_, layout, list) = self.preference(ks, key)?;
-        let primaries = list
-            .primaries
-            .iter()
-            .filter_map(|i| layout.node(*i).map(|spec| Arc::from(spec.name.as_str())))
-            .collect();
-        Ok(Plan { primaries, n })
+        let names = |nodes: &[ring::NodeIndex]| -> Vec<Arc<str>> {
+            nodes
+                .iter()
+                .filter_map(|i| layout.node(*i).map(|spec| Arc::from(spec.name.as_str())))
+                .collect()
+        };
+        Ok(Plan {
+            primaries: names(&list.primaries),
+            fallbacks: names(&list.fallbacks),
+            n,
+        })
     }
 
     fn required(level: Level, n: usize) -> Result<usize, StoreError> {
@@ -166,29 +212,25 @@ impl<T: Transport> QuorumStore<T> {
         Ok(needed)
     }
 
-    /// Sends `request` to the primaries and returns once `needed` answered
-    /// well, or every primary was tried. Writes go to every primary at once
-    /// (`to_all`), and unfinished calls keep running in the background so
-    /// every replica gets the write. Reads go to `needed` primaries, this
-    /// node first, and one more replica is asked for each that fails, so a
-    /// healthy read costs `r` requests, not `n`.
-    async fn fan_out(
+    /// Asks `needed` primaries for `request` (this node first, then those
+    /// gossip says are up) and returns once `needed` answered well, or every
+    /// primary was tried: one more replica is asked for each that fails, so
+    /// a healthy read costs `r` requests, not `n`.
+    async fn read_fan_out(
         &self,
         ks: KeyspaceId,
-        key: &Bytes,
         primaries: &[Arc<str>],
         request: Request,
         needed: usize,
-        to_all: bool,
     ) -> (Vec<ReplicaResult>, Vec<ReplicaResult>) {
         let mut order: Vec<Arc<str>> = primaries.to_vec();
-        // NOTE: the local replica answers without a network round trip.
-        order.sort_by_key(|node| **node != *self.me);
+        // NOTE: the local replica answers without a network round trip, and
+        // a node gossip reports down would only cost a timeout.
+        order.sort_by_key(|node| (**node != *self.me, !(self.is_up)(node)));
         let mut waiting = order.into_iter();
         let mut calls = FuturesUnordered::new();
-        let first = if to_all { primaries.len() } else { needed };
-        for node in waiting.by_ref().take(first) {
-            calls.push(self.call_replica(node, ks, key.clone(), request.clone()));
+        for node in waiting.by_ref().take(needed) {
+            calls.push(self.call_replica(node, ks, request.clone()));
         }
         let (mut good, mut bad) = (Vec::new(), Vec::new());
         while good.len() < needed {
@@ -199,52 +241,167 @@ impl<T: Transport> QuorumStore<T> {
                 Ok(Response::Error(why)) | Err(why) => {
                     bad.push((node, Err(why)));
                     if let Some(next) = waiting.next() {
-                        calls.push(self.call_replica(next, ks, key.clone(), request.clone()));
+                        calls.push(self.call_replica(next, ks, request.clone()));
                     }
                 }
                 Ok(response) => good.push((node, Ok(response))),
             }
         }
-        if to_all && !calls.is_empty() {
-            match self.late_writes.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    tokio::spawn(async move {
-                        while calls.next().await.is_some() {}
-                        drop(permit);
-                    });
+        (good, bad)
+    }
+
+    /// Sends the write to every primary at once and returns once `needed`
+    /// acknowledged, or all failed. A primary that fails gets a hint: with
+    /// `sloppy`, a fallback stands in for it (its stored hint counts toward
+    /// `needed`; a primary gossip reports down is not even tried); otherwise,
+    /// or when no fallback takes it, this node keeps the hint, uncounted.
+    /// Unfinished calls keep running in the background and hint on failure
+    /// too, so every primary gets the write sooner or later.
+    async fn write_fan_out(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        plan: &Plan,
+        record: Bytes,
+        needed: usize,
+        sloppy: bool,
+    ) -> (usize, Vec<ReplicaResult>) {
+        let keyspace = self.keyspaces.get(ks).name.clone();
+        let hint_for = |target: &Arc<str>| Request::Hint {
+            target: target.to_string(),
+            keyspace: keyspace.clone(),
+            key: key.clone(),
+            record: record.clone(),
+        };
+        let write = Request::Write {
+            keyspace: keyspace.clone(),
+            key: key.clone(),
+            record: record.clone(),
+        };
+        let mut stand_ins = plan
+            .fallbacks
+            .iter()
+            .filter(|node| ***node == *self.me || (self.is_up)(node))
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut calls = FuturesUnordered::new();
+        let mut bad = Vec::new();
+        let mut unhinted: Vec<Arc<str>> = Vec::new();
+        for primary in &plan.primaries {
+            if sloppy && **primary != *self.me && !(self.is_up)(primary) {
+                bad.push((primary.clone(), Err("down (gossip)".to_string())));
+                match stand_ins.next() {
+                    Some(node) => calls.push(self.call_write(
+                        node,
+                        Some(primary.clone()),
+                        ks,
+                        hint_for(primary),
+                    )),
+                    None => unhinted.push(primary.clone()),
                 }
-                Err(_) => {
-                    // NOTE: too many writes are still reaching their last
-                    // replicas: finish this one before answering, so an
-                    // overloaded cluster slows its clients down instead of
-                    // piling up (or dropping) replica writes.
-                    metrics::counter!("ringkv_late_writes_waited_total").increment(1);
-                    while calls.next().await.is_some() {}
+            } else {
+                calls.push(self.call_write(primary.clone(), None, ks, write.clone()));
+            }
+        }
+        let mut good = 0;
+        while good < needed {
+            let Some((node, stand_in_for, result)) = calls.next().await else {
+                break;
+            };
+            let why = match result {
+                Ok(Response::Written) => {
+                    good += 1;
+                    continue;
                 }
+                Ok(Response::Error(why)) | Err(why) => why,
+                Ok(other) => format!("unexpected answer {other:?}"),
+            };
+            bad.push((node.clone(), Err(why)));
+            let target = stand_in_for.unwrap_or(node);
+            match if sloppy { stand_ins.next() } else { None } {
+                Some(next) => {
+                    let request = hint_for(&target);
+                    calls.push(self.call_write(next, Some(target), ks, request));
+                }
+                None => unhinted.push(target),
+            }
+        }
+        let hints = self.hints.clone();
+        let me = self.me.clone();
+        let hint_key = key.clone();
+        let keep_hint = move |target: &Arc<str>| {
+            if let Some(hints) = &hints
+                && *target != me
+                && let Err(e) = hints.add(target, &keyspace, &hint_key, record.clone())
+            {
+                tracing::error!(target_node = %target, error = %e, "could not keep a hint");
+            }
+        };
+        for target in &unhinted {
+            keep_hint(target);
+        }
+        if calls.is_empty() {
+            return (good, bad);
+        }
+        let finish = async move {
+            while let Some((node, stand_in_for, result)) = calls.next().await {
+                if !matches!(result, Ok(Response::Written)) {
+                    keep_hint(&stand_in_for.unwrap_or(node));
+                }
+            }
+        };
+        match self.late_writes.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    finish.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                // NOTE: too many writes are still reaching their last
+                // replicas: finish this one before answering, so an
+                // overloaded cluster slows its clients down instead of
+                // piling up (or dropping) replica writes.
+                metrics::counter!("ringkv_late_writes_waited_total").increment(1);
+                finish.await;
             }
         }
         (good, bad)
+    }
+
+    /// One write call: to `node`, for itself or standing in for a primary.
+    fn call_write(
+        &self,
+        node: Arc<str>,
+        stand_in_for: Option<Arc<str>>,
+        ks: KeyspaceId,
+        request: Request,
+    ) -> impl std::future::Future<Output = (Arc<str>, Option<Arc<str>>, Result<Response, String>)>
+    + Send
+    + 'static {
+        let call = self.call_replica(node, ks, request);
+        async move {
+            let (node, result) = call.await;
+            (node, stand_in_for, result)
+        }
     }
 
     fn call_replica(
         &self,
         node: Arc<str>,
         ks: KeyspaceId,
-        key: Bytes,
         request: Request,
     ) -> impl std::future::Future<Output = ReplicaResult> + Send + 'static {
-        let local = (*node == *self.me).then(|| self.local.clone());
-        let transport = self.transport.clone();
-        async move {
-            let result = match local {
-                Some(local) => serve_locally(&local, ks, &key, request).await,
-                None => transport
-                    .call(&node, request)
-                    .await
-                    .map_err(|e: NetError| e.to_string()),
-            };
-            (node, result)
-        }
+        call(
+            &self.local,
+            self.hints.as_ref(),
+            &self.transport,
+            &self.me,
+            node,
+            ks,
+            request,
+        )
     }
 
     fn unavailable(
@@ -293,7 +450,7 @@ impl<T: Transport> QuorumStore<T> {
             key: key.clone(),
         };
         let (good, bad) = self
-            .fan_out(ks, key, &plan.primaries, request, needed, false)
+            .read_fan_out(ks, &plan.primaries, request, needed)
             .await;
         if good.len() < needed {
             return Err(Self::unavailable("read", needed, good.len(), bad, &plan));
@@ -317,10 +474,82 @@ impl<T: Transport> QuorumStore<T> {
             }
             seen.push((node, record));
         }
+        let unread: Vec<Arc<str>> = plan
+            .primaries
+            .iter()
+            .filter(|p| !seen.iter().any(|(node, _)| node == *p))
+            .cloned()
+            .collect();
         if let Some(merged) = &merged {
             self.read_repair(ks, key, merged, seen).await;
         }
+        if !unread.is_empty() && self.sample_background_repair() {
+            self.repair_in_background(ks, key.clone(), merged.clone(), unread);
+        }
         Ok(merged)
+    }
+
+    /// True for the reads (one in `repair_every`) whose unread replicas are
+    /// checked in the background.
+    fn sample_background_repair(&self) -> bool {
+        self.repair_every != 0
+            && self
+                .reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .is_multiple_of(self.repair_every)
+    }
+
+    /// Reads the primaries a quorum read did not ask and writes `merged` (or
+    /// a newer record one of them holds) back to the stale ones, after the
+    /// client was answered. Skipped when too many background writes are
+    /// already running: anti-entropy repairs what this misses.
+    fn repair_in_background(
+        &self,
+        ks: KeyspaceId,
+        key: Bytes,
+        merged: Option<Record>,
+        unread: Vec<Arc<str>>,
+    ) {
+        let Ok(permit) = self.late_writes.clone().try_acquire_owned() else {
+            return;
+        };
+        let keyspace = self.keyspaces.get(ks).name.clone();
+        let read = Request::Read {
+            keyspace: keyspace.clone(),
+            key: key.clone(),
+        };
+        let reads: Vec<_> = unread
+            .into_iter()
+            .map(|node| self.call_replica(node, ks, read.clone()))
+            .collect();
+        let repairer = self.repairer();
+        tokio::spawn(async move {
+            let mut merged = merged;
+            let mut seen = Vec::new();
+            for (node, result) in futures_util::future::join_all(reads).await {
+                let Ok(Response::Record(raw)) = result else {
+                    continue;
+                };
+                let record = match raw.map(Record::decode).transpose() {
+                    Ok(record) => record,
+                    Err(e) => {
+                        tracing::warn!(peer = %node, error = %e, "corrupt record in background repair");
+                        continue;
+                    }
+                };
+                if let Some(record) = &record {
+                    merged = Some(match merged {
+                        Some(m) => m.merge(record.clone()),
+                        None => record.clone(),
+                    });
+                }
+                seen.push((node, record));
+            }
+            if let Some(merged) = merged {
+                repairer.repair(ks, keyspace, key, &merged, seen).await;
+            }
+            drop(permit);
+        });
     }
 
     /// Writes the merged record back to the replicas read that hold an older
@@ -334,6 +563,61 @@ impl<T: Transport> QuorumStore<T> {
         merged: &Record,
         seen: Vec<(Arc<str>, Option<Record>)>,
     ) {
+        let keyspace = self.keyspaces.get(ks).name.clone();
+        self.repairer()
+            .repair(ks, keyspace, key.clone(), merged, seen)
+            .await;
+    }
+
+    fn repairer(&self) -> Repairer<T> {
+        Repairer {
+            local: self.local.clone(),
+            hints: self.hints.clone(),
+            transport: self.transport.clone(),
+            me: self.me.clone(),
+        }
+    }
+
+    /// Writes `record` to the primaries of `key` at `level`.
+    async fn quorum_write(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        record: Record,
+        level: Level,
+        sloppy: bool,
+    ) -> Result<(), StoreError> {
+        let plan = self.plan(ks, key)?;
+        let needed = Self::required(level, plan.n)?;
+        let (good, bad) = self
+            .write_fan_out(ks, key, &plan, record.encode(), needed, sloppy)
+            .await;
+        if good < needed {
+            return Err(Self::unavailable("write", needed, good, bad, &plan));
+        }
+        Ok(())
+    }
+}
+
+/// What read repair needs of the coordinator, owned, so it can also run
+/// after the client was answered.
+struct Repairer<T> {
+    local: Arc<LocalStore>,
+    hints: Option<Arc<Hints>>,
+    transport: Arc<T>,
+    me: Arc<str>,
+}
+
+impl<T: Transport> Repairer<T> {
+    /// Writes `merged` to every replica in `seen` that holds something else.
+    async fn repair(
+        &self,
+        ks: KeyspaceId,
+        keyspace: String,
+        key: Bytes,
+        merged: &Record,
+        seen: Vec<(Arc<str>, Option<Record>)>,
+    ) {
         let stale: Vec<Arc<str>> = seen
             .into_iter()
             .filter(|(_, record)| record.as_ref() != Some(merged))
@@ -343,13 +627,21 @@ impl<T: Transport> QuorumStore<T> {
             return;
         }
         let request = Request::Write {
-            keyspace: self.keyspaces.get(ks).name.clone(),
-            key: key.clone(),
+            keyspace,
+            key,
             record: merged.encode(),
         };
-        let repairs = stale
-            .into_iter()
-            .map(|node| self.call_replica(node, ks, key.clone(), request.clone()));
+        let repairs = stale.into_iter().map(|node| {
+            call(
+                &self.local,
+                self.hints.as_ref(),
+                &self.transport,
+                &self.me,
+                node,
+                ks,
+                request.clone(),
+            )
+        });
         for (node, result) in futures_util::future::join_all(repairs).await {
             match result {
                 Ok(Response::Written) => {
@@ -363,53 +655,60 @@ impl<T: Transport> QuorumStore<T> {
             }
         }
     }
+}
 
-    /// Writes `record` to the primaries of `key` at `level`.
-    async fn quorum_write(
-        &self,
-        ks: KeyspaceId,
-        key: &Bytes,
-        record: Record,
-        level: Level,
-    ) -> Result<(), StoreError> {
-        let plan = self.plan(ks, key)?;
-        let needed = Self::required(level, plan.n)?;
-        let request = Request::Write {
-            keyspace: self.keyspaces.get(ks).name.clone(),
-            key: key.clone(),
-            record: record.encode(),
+/// Sends `request` to `node`, or serves it from the local replica when
+/// `node` is this node (`me`).
+fn call<T: Transport>(
+    local: &Arc<LocalStore>,
+    hints: Option<&Arc<Hints>>,
+    transport: &Arc<T>,
+    me: &Arc<str>,
+    node: Arc<str>,
+    ks: KeyspaceId,
+    request: Request,
+) -> impl std::future::Future<Output = ReplicaResult> + Send + 'static {
+    let local = (*node == **me).then(|| (local.clone(), hints.cloned()));
+    let transport = transport.clone();
+    async move {
+        let result = match local {
+            Some((local, hints)) => serve_locally(&local, hints.as_deref(), ks, request).await,
+            None => transport
+                .call(&node, request)
+                .await
+                .map_err(|e: NetError| e.to_string()),
         };
-        let (good, bad) = self
-            .fan_out(ks, key, &plan.primaries, request, needed, true)
-            .await;
-        if good.len() < needed {
-            return Err(Self::unavailable("write", needed, good.len(), bad, &plan));
-        }
-        Ok(())
+        (node, result)
     }
 }
 
 /// The coordinator's own replica answers without the network.
 async fn serve_locally(
     local: &LocalStore,
+    hints: Option<&Hints>,
     ks: KeyspaceId,
-    key: &[u8],
     request: Request,
 ) -> Result<Response, String> {
     match request {
         Request::Ping => Ok(Response::Pong),
-        Request::Read { .. } => local
-            .read_stored(ks, key)
+        Request::Read { key, .. } => local
+            .read_stored(ks, &key)
             .map(|r| Response::Record(r.map(|r| r.encode())))
             .map_err(|e| e.to_string()),
-        Request::Write { record, .. } => {
+        Request::Write { key, record, .. } => {
             let record = Record::decode(record).map_err(|e| e.to_string())?;
             local
-                .merge_stored(ks, key, record)
+                .merge_stored(ks, &key, record)
                 .map_err(|e| e.to_string())?;
             local.commit().await.map_err(|e| e.to_string())?;
             Ok(Response::Written)
         }
+        Request::Hint {
+            target,
+            keyspace,
+            key,
+            record,
+        } => super::replica::store_hint(hints, &target, &keyspace, &key, record),
     }
 }
 
@@ -471,7 +770,7 @@ impl<T: Transport> Store for QuorumStore<T> {
             Decision::Put { value, expiry_ms } => Record::value(version, value, expiry_ms),
             Decision::Delete => Record::tombstone(version),
         };
-        self.quorum_write(ks, &key, record, consistency.write)
+        self.quorum_write(ks, &key, record, consistency.write, consistency.sloppy)
             .await?;
         Ok(WriteOutcome {
             applied: true,
@@ -504,6 +803,33 @@ impl<T: Transport> Store for QuorumStore<T> {
 
     fn concurrent_requests(&self) -> bool {
         true
+    }
+
+    async fn inspect(&self, ks: KeyspaceId, key: &[u8]) -> Result<Vec<ReplicaView>, StoreError> {
+        let plan = self.plan(ks, key)?;
+        let read = Request::Read {
+            keyspace: self.keyspaces.get(ks).name.clone(),
+            key: Bytes::copy_from_slice(key),
+        };
+        let reads = plan
+            .primaries
+            .iter()
+            .map(|node| self.call_replica(node.clone(), ks, read.clone()));
+        Ok(futures_util::future::join_all(reads)
+            .await
+            .into_iter()
+            .map(|(node, result)| ReplicaView {
+                node: node.to_string(),
+                held: match result {
+                    Ok(Response::Record(raw)) => raw
+                        .map(Record::decode)
+                        .transpose()
+                        .map_err(|e| format!("corrupt record: {e}")),
+                    Ok(Response::Error(why)) | Err(why) => Err(why),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                },
+            })
+            .collect())
     }
 
     fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError> {
@@ -562,6 +888,39 @@ mod tests {
         coordinators: Vec<QuorumStore<TestNet>>,
         down: Arc<parking_lot::Mutex<HashSet<String>>>,
         remote_reads: Arc<std::sync::atomic::AtomicUsize>,
+        /// Nodes gossip reports down (a subset of `down`, or not).
+        gossip_down: Arc<parking_lot::Mutex<HashSet<String>>>,
+        stores: Vec<Arc<LocalStore>>,
+        hints: Vec<Arc<Hints>>,
+        replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
+    }
+
+    impl Cluster {
+        /// A transport from node `i`, as hint delivery uses it.
+        fn net_from(&self, i: usize) -> TestNet {
+            TestNet {
+                from: format!("n{}", i + 1),
+                replicas: self.replicas.clone(),
+                down: self.down.clone(),
+                reads: self.remote_reads.clone(),
+            }
+        }
+
+        fn index(name: &str) -> usize {
+            name[1..].parse::<usize>().unwrap() - 1
+        }
+
+        /// What node `name` stores for `key`.
+        fn stored(&self, name: &str, key: &[u8]) -> Option<Record> {
+            self.stores[Self::index(name)].read_stored(0, key).unwrap()
+        }
+
+        /// Lets background replica writes and hinting finish.
+        async fn settle(&self) {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        }
     }
 
     fn cluster(nodes: usize) -> Cluster {
@@ -585,15 +944,30 @@ mod tests {
                 )
             })
             .collect();
+        let hints: Vec<Arc<Hints>> = stores
+            .iter()
+            .map(|store| {
+                let config = crate::coordinator::HintConfig {
+                    window_ms: 3_600_000,
+                    max_bytes_per_target: 1 << 20,
+                };
+                let engine = Arc::new(MemoryEngine::new());
+                Arc::new(Hints::open(engine, config, store.hlc().clone()).unwrap())
+            })
+            .collect();
         let replicas: Arc<HashMap<_, _>> = Arc::new(
             names
                 .iter()
-                .zip(&stores)
-                .map(|(n, s)| (n.clone(), Arc::new(ReplicaHandler::new(s.clone()))))
+                .zip(stores.iter().zip(&hints))
+                .map(|(n, (s, h))| {
+                    let handler = ReplicaHandler::new(s.clone()).with_hints(h.clone());
+                    (n.clone(), Arc::new(handler))
+                })
                 .collect(),
         );
         let layout = Layout::initial(64, names.iter().map(NodeSpec::new).collect()).unwrap();
         let down = Arc::new(parking_lot::Mutex::new(HashSet::new()));
+        let gossip_down = Arc::new(parking_lot::Mutex::new(HashSet::new()));
         let remote_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let coordinators = names
             .iter()
@@ -611,13 +985,21 @@ mod tests {
                     node_id: i as NodeId,
                     partitions: 64,
                 };
+                let live = gossip_down.clone();
                 QuorumStore::new(config, store.clone(), Arc::new(net), layout.clone())
+                    .with_hints(hints[i].clone())
+                    .with_liveness(Arc::new(move |node: &str| !live.lock().contains(node)))
+                    .with_background_repair_every(0)
             })
             .collect();
         Cluster {
             coordinators,
             down,
             remote_reads,
+            gossip_down,
+            stores,
+            hints,
+            replicas,
         }
     }
 
@@ -630,13 +1012,142 @@ mod tests {
     }
 
     fn levels(read: Level, write: Level) -> Consistency {
-        Consistency { read, write }
+        Consistency {
+            read,
+            write,
+            sloppy: false,
+        }
     }
 
     const QUORUM: Consistency = Consistency {
         read: Level::Quorum,
         write: Level::Quorum,
+        sloppy: false,
     };
+
+    #[tokio::test]
+    async fn a_write_for_a_down_primary_is_hinted_and_delivered_when_it_returns() {
+        let c = cluster(3);
+        c.down.lock().insert("n3".into());
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap();
+        c.settle().await;
+        assert_eq!(
+            c.hints[0].queues()["n3"].hints,
+            1,
+            "the coordinator keeps the hint"
+        );
+        assert_eq!(c.stored("n3", b"k"), None);
+        let net = c.net_from(0);
+        let report = c.hints[0].deliver("n3", &net, 100).await.unwrap();
+        assert_eq!(report.delivered, 0, "still down");
+        c.down.lock().clear();
+        let report = c.hints[0].deliver("n3", &net, 100).await.unwrap();
+        assert_eq!(report.delivered, 1);
+        assert_eq!(c.stored("n3", b"k"), c.stored("n1", b"k"));
+        assert!(c.stored("n3", b"k").is_some());
+        assert_eq!(c.hints[0].queues()["n3"].hints, 0);
+        assert!(c.hints[1].queues().is_empty() && c.hints[2].queues().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_sloppy_write_counts_hinted_copies_on_fallbacks() {
+        let c = cluster(5);
+        let placement = c.coordinators[0].placement(0, b"k").unwrap();
+        let coordinator = Cluster::index(&placement.primaries[0]);
+        let lost: Vec<String> = placement.primaries[1..].to_vec();
+        c.down.lock().extend(lost.iter().cloned());
+        // One lost primary is known down (not even tried), one only fails.
+        c.gossip_down.lock().insert(lost[0].clone());
+        let strict = c.coordinators[coordinator]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap_err();
+        assert!(
+            strict.to_string().contains("needed 2 replicas, 1 answered"),
+            "{strict}"
+        );
+        c.settle().await;
+        let sloppy = Consistency {
+            sloppy: true,
+            ..QUORUM
+        };
+        c.coordinators[coordinator]
+            .write(0, b"k", set(b"w"), sloppy)
+            .await
+            .unwrap();
+        c.settle().await;
+        // The known-down primary's copy went straight to the first fallback
+        // and counted; the other's hint is on the next fallback or, if the
+        // quorum was met first, on the coordinator.
+        let queues = c.hints[Cluster::index(&placement.fallbacks[0])].queues();
+        assert_eq!(queues.len(), 1, "{queues:?}");
+        assert_eq!(queues[&lost[0]].hints, 1, "{queues:?}");
+        for target in &lost {
+            assert_eq!(c.stored(target, b"k"), None);
+        }
+        let replicas = c.coordinators[coordinator].inspect(0, b"k").await.unwrap();
+        let states: Vec<bool> = replicas.iter().map(|r| r.held.is_ok()).collect();
+        assert_eq!(states, [true, false, false], "{replicas:?}");
+
+        c.down.lock().clear();
+        c.gossip_down.lock().clear();
+        for (from, hints) in c.hints.iter().enumerate() {
+            for target in hints.targets() {
+                let report = hints
+                    .deliver(&target, &c.net_from(from), 100)
+                    .await
+                    .unwrap();
+                assert_eq!(report.failed, None);
+            }
+        }
+        let all = levels(Level::All, Level::All);
+        for coordinator in &c.coordinators {
+            let got = coordinator.get(0, b"k", all).await.unwrap();
+            assert_eq!(got.unwrap().value, "w");
+        }
+        let replicas = c.coordinators[0].inspect(0, b"k").await.unwrap();
+        let first = replicas[0].held.clone().unwrap();
+        assert!(first.is_some());
+        assert!(
+            replicas.iter().all(|r| r.held == Ok(first.clone())),
+            "{replicas:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quorum_read_sometimes_repairs_the_replicas_it_did_not_read() {
+        let c = cluster(3);
+        let one = levels(Level::One, Level::One);
+        c.down.lock().extend(["n2".to_string(), "n3".to_string()]);
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), one)
+            .await
+            .unwrap();
+        c.down.lock().clear();
+        let reader = QuorumStore::new(
+            QuorumConfig {
+                node_name: "n1".into(),
+                node_id: 0,
+                partitions: 64,
+            },
+            c.stores[0].clone(),
+            Arc::new(c.net_from(0)),
+            c.coordinators[0].layout().as_ref().clone(),
+        )
+        .with_background_repair_every(1);
+        let got = reader.get(0, b"k", one).await.unwrap();
+        assert_eq!(got.unwrap().value, "v");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            c.stored("n2", b"k"),
+            c.stored("n1", b"k"),
+            "repaired in the background"
+        );
+        assert_eq!(c.stored("n3", b"k"), c.stored("n1", b"k"));
+    }
 
     #[tokio::test]
     async fn a_write_through_any_node_reads_back_through_every_node() {
@@ -755,6 +1266,14 @@ mod tests {
         let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
         assert_eq!(got.unwrap().value, "v", "n3 answers for the failed n2");
         assert_eq!(c.remote_reads.load(SeqCst), 2);
+        c.gossip_down.lock().insert("n2".into());
+        c.remote_reads.store(0, SeqCst);
+        c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
+        assert_eq!(
+            c.remote_reads.load(SeqCst),
+            1,
+            "a node gossip reports down is asked last"
+        );
     }
 
     #[tokio::test]

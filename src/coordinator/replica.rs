@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{KeyspaceId, LocalStore, Store, StoreError};
+use super::{Hints, KeyspaceId, LocalStore, Store, StoreError};
 use crate::net::{Handler, PeerId, Request, Response};
 use crate::version::Record;
 
@@ -43,15 +43,40 @@ impl LocalStore {
     }
 }
 
+/// Keeps a sloppy-quorum write for `target`. A full queue is a refusal:
+/// the coordinator must not count a copy that is not kept.
+pub(crate) fn store_hint(
+    hints: Option<&Hints>,
+    target: &str,
+    keyspace: &str,
+    key: &[u8],
+    record: Bytes,
+) -> Result<Response, String> {
+    let hints = hints.ok_or("this node keeps no hints")?;
+    match hints.add(target, keyspace, key, record) {
+        Ok(true) => Ok(Response::Written),
+        Ok(false) => Err(format!("hint queue for {target} is full")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Serves [`Request`]s from other nodes against the local store.
 pub struct ReplicaHandler {
     store: Arc<LocalStore>,
+    hints: Option<Arc<Hints>>,
 }
 
 impl ReplicaHandler {
     /// A handler over `store`.
     pub fn new(store: Arc<LocalStore>) -> Self {
-        Self { store }
+        Self { store, hints: None }
+    }
+
+    /// Keeps hints (sloppy-quorum writes for other nodes) in `hints`;
+    /// without it hint requests are refused.
+    pub fn with_hints(mut self, hints: Arc<Hints>) -> Self {
+        self.hints = Some(hints);
+        self
     }
 
     fn keyspace(&self, name: &str) -> Result<KeyspaceId, String> {
@@ -88,6 +113,12 @@ impl Handler for ReplicaHandler {
                 .write(&keyspace, &key, record)
                 .await
                 .map(|()| Response::Written),
+            Request::Hint {
+                target,
+                keyspace,
+                key,
+                record,
+            } => store_hint(self.hints.as_deref(), &target, &keyspace, &key, record),
         };
         result.unwrap_or_else(|e| {
             tracing::warn!(peer = %from, error = %e, "replica request failed");

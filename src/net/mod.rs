@@ -57,6 +57,20 @@ pub enum Request {
         /// The encoded record.
         record: Bytes,
     },
+    /// Keep this write as a hint for `target`, a primary that missed it,
+    /// and deliver it when `target` is alive (sloppy quorum: the receiver
+    /// is a fallback standing in for `target`). Answered with
+    /// [`Response::Written`] once the hint is stored.
+    Hint {
+        /// The primary the write is for.
+        target: String,
+        /// Keyspace name.
+        keyspace: String,
+        /// User key.
+        key: Bytes,
+        /// The encoded record.
+        record: Bytes,
+    },
 }
 
 /// A replica's answer.

@@ -44,7 +44,7 @@ impl Handler for TestHandler {
                 }
                 Response::Record(Some(key))
             }
-            Request::Write { .. } => Response::Written,
+            Request::Write { .. } | Request::Hint { .. } => Response::Written,
         }
     }
 }

@@ -9,6 +9,7 @@ mod cluster_pipeline;
 mod commands;
 mod durability;
 mod gossip;
+mod handoff;
 mod history;
 mod http;
 mod limits;

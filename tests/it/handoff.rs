@@ -1,0 +1,123 @@
+//! Hinted handoff across real processes: writes a dead primary missed are
+//! kept as durable hints on the coordinator (they survive a kill -9 of the
+//! coordinator itself) and delivered once the primary is back, which
+//! `KV.INSPECT` shows replica by replica.
+
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use crate::cluster::TestCluster;
+use crate::support::{http_get, map_pairs, ok};
+
+/// One replica's state as `KV.INSPECT` reports it: node, state, digest and
+/// timestamp (`None` where the reply has none).
+pub(crate) type ReplicaState = (String, String, Option<String>, Option<String>);
+
+/// What each primary of `key` holds, in preference order.
+pub(crate) async fn inspect(con: &mut MultiplexedConnection, key: &str) -> Vec<ReplicaState> {
+    let reply: Value = ok(con, &["KV.INSPECT", key]).await;
+    let Value::Array(replicas) = reply else {
+        panic!("KV.INSPECT answered {reply:?}");
+    };
+    let text = |v: &Value| match v {
+        Value::Nil => None,
+        other => Some(redis::from_redis_value::<String>(other.clone()).expect("text field")),
+    };
+    replicas
+        .into_iter()
+        .map(|replica| {
+            let pairs = map_pairs(replica);
+            let get = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .and_then(|(_, v)| text(v))
+            };
+            (
+                get("node").expect("node field"),
+                get("state").expect("state field"),
+                get("digest"),
+                get("timestamp"),
+            )
+        })
+        .collect()
+}
+
+/// True when every replica holds the same record (state, digest, version).
+pub(crate) fn converged(replicas: &[ReplicaState]) -> bool {
+    replicas
+        .windows(2)
+        .all(|w| (&w[0].1, &w[0].2, &w[0].3) == (&w[1].1, &w[1].2, &w[1].3))
+        && replicas.iter().all(|r| r.1 != "error")
+}
+
+/// Waits (bounded by `limit`) until every key in `keys` has converged as
+/// seen from `con`; returns how long it took, or the first key that did not.
+pub(crate) async fn wait_converged(
+    con: &mut MultiplexedConnection,
+    keys: &[String],
+    limit: Duration,
+) -> Result<Duration, (String, Vec<ReplicaState>)> {
+    let start = Instant::now();
+    loop {
+        let mut pending = None;
+        for key in keys {
+            let replicas = inspect(con, key).await;
+            if !converged(&replicas) {
+                pending = Some((key.clone(), replicas));
+                break;
+            }
+        }
+        match pending {
+            None => return Ok(start.elapsed()),
+            Some(p) if start.elapsed() > limit => return Err(p),
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_for_a_dead_primary_survive_the_coordinators_crash_and_are_delivered() {
+    let mut cluster = TestCluster::start_with_engine(3, "fjall");
+    cluster.kill(2);
+    let keys: Vec<String> = (0..50).map(|i| format!("hinted-{i}")).collect();
+    {
+        let mut c = cluster.node(0).conn().await;
+        for key in &keys {
+            assert_eq!(ok::<String>(&mut c, &["SET", key, key]).await, "OK");
+        }
+        let replicas = inspect(&mut c, &keys[0]).await;
+        let node3 = replicas
+            .iter()
+            .find(|r| r.0 == "node3")
+            .expect("node3 holds a replica");
+        assert_eq!(node3.1, "error", "node3 is down: {replicas:?}");
+        let (_, _, metrics) = http_get(cluster.node(0).http_addr, "/metrics").await;
+        assert!(
+            metric(&metrics, "ringkv_hints_queued ") >= 50.0,
+            "hints queued on the coordinator:\n{metrics}"
+        );
+    }
+    // The coordinator dies too: its hints must survive in its data dir.
+    cluster.kill(0);
+    cluster.restart(0);
+    cluster.restart(2);
+    let mut c = cluster.node(1).conn().await;
+    let took = wait_converged(&mut c, &keys, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|(key, replicas)| panic!("{key} did not converge: {replicas:?}"));
+    eprintln!("hints delivered, all replicas converged {took:?} after restart");
+    let replicas = inspect(&mut c, &keys[7]).await;
+    assert!(replicas.iter().all(|r| r.1 == "value"), "{replicas:?}");
+    let (_, _, metrics) = http_get(cluster.node(0).http_addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "ringkv_hints_queued "), 0.0, "{metrics}");
+}
