@@ -80,7 +80,7 @@ pub struct QuorumStore<T: Transport> {
     partitions: u32,
     keyspaces: Keyspaces,
     // NOTE: a blocking lock held only to clone the Arc out, never across an await.
-    layout: RwLock<Arc<Layout>>,
+    routing: RwLock<Arc<Routing>>,
     /// Bounds the writes still on their way to replicas after the client
     /// was answered.
     late_writes: Arc<tokio::sync::Semaphore>,
@@ -117,6 +117,50 @@ struct Plan {
     n: usize,
 }
 
+/// A layout and every plan it implies, computed once per layout so the
+/// request path does no ring walk and no allocation to find replicas.
+struct Routing {
+    layout: Arc<Layout>,
+    /// Per keyspace: the plan of every partition, or why the layout cannot
+    /// place that keyspace's replicas.
+    plans: Vec<Result<Vec<Arc<Plan>>, String>>,
+}
+
+impl Routing {
+    fn new(layout: Layout, keyspaces: &Keyspaces) -> Self {
+        let plans = keyspaces
+            .iter()
+            .map(|config| {
+                let n = config.n as usize;
+                (0..layout.partitions())
+                    .map(|partition| {
+                        let list = layout
+                            .preference_list(partition as ring::PartitionId, n)
+                            .map_err(|e| e.to_string())?;
+                        let names = |nodes: &[ring::NodeIndex]| -> Vec<Arc<str>> {
+                            nodes
+                                .iter()
+                                .filter_map(|i| {
+                                    layout.node(*i).map(|spec| Arc::from(spec.name.as_str()))
+                                })
+                                .collect()
+                        };
+                        Ok(Arc::new(Plan {
+                            primaries: names(&list.primaries),
+                            fallbacks: names(&list.fallbacks),
+                            n,
+                        }))
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            layout: Arc::new(layout),
+            plans,
+        }
+    }
+}
+
 impl<T: Transport> QuorumStore<T> {
     /// A coordinator over `local` (this node's replica) and `transport`.
     pub fn new(
@@ -125,14 +169,15 @@ impl<T: Transport> QuorumStore<T> {
         transport: Arc<T>,
         layout: Layout,
     ) -> Self {
+        let keyspaces = Store::keyspaces(&*local).clone();
         Self {
-            keyspaces: Store::keyspaces(&*local).clone(),
+            routing: RwLock::new(Arc::new(Routing::new(layout, &keyspaces))),
+            keyspaces,
             local,
             transport,
             me: config.node_name.into(),
             node_id: config.node_id,
             partitions: config.partitions,
-            layout: RwLock::new(Arc::new(layout)),
             late_writes: Arc::new(tokio::sync::Semaphore::new(MAX_LATE_WRITES)),
             hints: None,
             is_up: Arc::new(|_| true),
@@ -162,12 +207,13 @@ impl<T: Transport> QuorumStore<T> {
 
     /// Installs a newer layout.
     pub fn set_layout(&self, layout: Layout) {
-        *self.layout.write() = Arc::new(layout);
+        let routing = Arc::new(Routing::new(layout, &self.keyspaces));
+        *self.routing.write() = routing;
     }
 
     /// The layout in force.
     pub fn layout(&self) -> Arc<Layout> {
-        self.layout.read().clone()
+        self.routing.read().layout.clone()
     }
 
     /// The key's partition, the layout in force and its preference list for
@@ -186,20 +232,16 @@ impl<T: Transport> QuorumStore<T> {
         Ok((partition, layout, list))
     }
 
-    fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Plan, StoreError> {
-        let n = self.keyspaces.get(ks).n as usize;
-        let (_, layout, list) = self.preference(ks, key)?;
-        let names = |nodes: &[ring::NodeIndex]| -> Vec<Arc<str>> {
-            nodes
-                .iter()
-                .filter_map(|i| layout.node(*i).map(|spec| Arc::from(spec.name.as_str())))
-                .collect()
-        };
-        Ok(Plan {
-            primaries: names(&list.primaries),
-            fallbacks: names(&list.fallbacks),
-            n,
-        })
+    fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Arc<Plan>, StoreError> {
+        let partition = ring::partition_of(&self.keyspaces.get(ks).name, key, self.partitions);
+        let routing = self.routing.read().clone();
+        let plans = routing.plans[ks]
+            .as_ref()
+            .map_err(|e| StoreError::Layout(e.clone()))?;
+        plans
+            .get(usize::from(partition))
+            .cloned()
+            .ok_or_else(|| StoreError::Layout(format!("no partition {partition} in the layout")))
     }
 
     fn required(level: Level, n: usize) -> Result<usize, StoreError> {

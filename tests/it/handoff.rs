@@ -121,3 +121,43 @@ async fn hints_for_a_dead_primary_survive_the_coordinators_crash_and_are_deliver
     let (_, _, metrics) = http_get(cluster.node(0).http_addr, "/metrics").await;
     assert_eq!(metric(&metrics, "ringkv_hints_queued "), 0.0, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_does_not_come_back_when_a_replica_that_missed_the_delete_returns() {
+    let mut cluster = TestCluster::start_with_engine(3, "fjall");
+    let keys: Vec<String> = (0..20).map(|i| format!("deleted-{i}")).collect();
+    {
+        let mut c = cluster.node(0).conn().await;
+        for key in &keys {
+            assert_eq!(ok::<String>(&mut c, &["SET", key, "old"]).await, "OK");
+        }
+    }
+    // node3 holds every key, then misses their deletes.
+    cluster.kill(2);
+    {
+        let mut c = cluster.node(0).conn().await;
+        for key in &keys {
+            assert_eq!(ok::<i64>(&mut c, &["DEL", key]).await, 1);
+        }
+    }
+    cluster.restart(2);
+    let mut c1 = cluster.node(1).conn().await;
+    let mut c3 = cluster.node(2).conn().await;
+    // Quorum reads never see the value again, through any node, even
+    // before the returning replica was repaired.
+    for key in &keys {
+        for c in [&mut c1, &mut c3] {
+            let got: Option<String> = ok(c, &["GET", key]).await;
+            assert_eq!(got, None, "{key} came back at quorum");
+        }
+    }
+    wait_converged(&mut c1, &keys, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|(key, replicas)| panic!("{key} did not converge: {replicas:?}"));
+    for key in &keys {
+        let replicas = inspect(&mut c3, key).await;
+        assert!(replicas.iter().all(|r| r.1 == "tombstone"), "{replicas:?}");
+        let got: Option<String> = ok(&mut c3, &["KV.GET", key, "R", "one"]).await;
+        assert_eq!(got, None, "{key} came back on the returning replica");
+    }
+}
