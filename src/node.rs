@@ -356,6 +356,7 @@ async fn start_cluster(
         })?;
     let gossip = gossip_config(config, secret, peer.local_addr(), layout_version);
     let gossip_addr = gossip.listen_addr;
+    membership.set_own_gossip_addr(gossip.advertise_addr);
     let follow = transport.clone();
     let membership_handle = spawn_gossip(
         gossip,

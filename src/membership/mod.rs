@@ -96,6 +96,8 @@ pub struct Membership {
     members: Vec<MemberConfig>,
     // NOTE: blocking lock, held only to read or update entries, never across an await.
     peers: RwLock<HashMap<String, PeerState>>,
+    /// The gossip address this node advertises, once gossip started.
+    own_gossip_addr: RwLock<Option<SocketAddr>>,
 }
 
 impl Membership {
@@ -118,7 +120,13 @@ impl Membership {
             me,
             members,
             peers: RwLock::new(peers),
+            own_gossip_addr: RwLock::new(None),
         })
+    }
+
+    /// Records the gossip address this node advertises (for [`Self::view`]).
+    pub fn set_own_gossip_addr(&self, addr: SocketAddr) {
+        *self.own_gossip_addr.write() = Some(addr);
     }
 
     /// Applies one round of observations; returns the peers whose TCP
@@ -203,6 +211,7 @@ impl Membership {
                 };
                 if m.name == self.me {
                     view.layout_version = Some(layout.version());
+                    view.gossip_addr = self.own_gossip_addr.read().map(|a| a.to_string());
                 } else if let Some(p) = peers.get(&m.name) {
                     view.up = p.up;
                     view.last_seen_ms_ago = p.last_seen.map(|t| t.elapsed().as_millis() as u64);
