@@ -410,6 +410,7 @@ async fn serve_locally(
             local.commit().await.map_err(|e| e.to_string())?;
             Ok(Response::Written)
         }
+        Request::Aae(_) => Err("anti-entropy requests are not coordinated".into()),
     }
 }
 

@@ -88,6 +88,9 @@ impl Handler for ReplicaHandler {
                 .write(&keyspace, &key, record)
                 .await
                 .map(|()| Response::Written),
+            Request::Aae(request) => crate::aae::serve(&self.store, request)
+                .await
+                .map(Response::Aae),
         };
         result.unwrap_or_else(|e| {
             tracing::warn!(peer = %from, error = %e, "replica request failed");
