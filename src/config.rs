@@ -185,6 +185,12 @@ pub struct ClusterConfig {
     /// Time between gossip rounds, ms; failure detection takes about 8-10
     /// rounds. Default: 250.
     pub gossip_interval_ms: u64,
+    /// Mean time between anti-entropy rounds, ms (each round compares every
+    /// partition this node holds with its other replicas; jittered by
+    /// ±20 %); 0 turns anti-entropy off. Default: 60 000.
+    pub aae_interval_ms: u64,
+    /// Most anti-entropy partition exchanges started per second. Default: 100.
+    pub aae_max_partitions_per_sec: u32,
 }
 
 impl Default for ClusterConfig {
@@ -196,6 +202,8 @@ impl Default for ClusterConfig {
             request_timeout_ms: 2000,
             seeds: Vec::new(),
             gossip_interval_ms: 250,
+            aae_interval_ms: 60_000,
+            aae_max_partitions_per_sec: 100,
         }
     }
 }
@@ -389,6 +397,15 @@ impl Config {
                 c.gossip_interval_ms
             ));
         }
+        if c.aae_interval_ms != 0 && c.aae_interval_ms < 100 {
+            return fail(format!(
+                "cluster.aae_interval_ms = {}: must be at least 100, or 0 to turn anti-entropy off",
+                c.aae_interval_ms
+            ));
+        }
+        if c.aae_max_partitions_per_sec == 0 {
+            return fail("cluster.aae_max_partitions_per_sec must be at least 1".into());
+        }
         if self.gossip_addr().port() == 0 {
             return fail(
                 "node.gossip_addr (or node.peer_addr, its default) needs a fixed port: peers gossip back to it"
@@ -520,6 +537,23 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("host:port"));
         c.cluster.seeds = vec!["seed.example:7381".into()];
         assert_eq!(c.gossip_seeds(), ["seed.example:7381"]);
+        c.cluster.aae_interval_ms = 50;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("aae_interval_ms")
+        );
+        c.cluster.aae_interval_ms = 0;
+        c.validate().unwrap();
+        c.cluster.aae_max_partitions_per_sec = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("aae_max_partitions_per_sec")
+        );
+        c.cluster.aae_max_partitions_per_sec = 1;
         c.cluster.nodes.push(member("node2", 3));
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
     }

@@ -1,5 +1,6 @@
 //! One ringkv node wired together from a [`Config`]: engine, store, expiry
-//! sweep, fsync task, RESP and HTTP servers.
+//! sweep, fsync task, RESP and HTTP servers; in a cluster also the peer
+//! server, gossip and anti-entropy.
 //!
 //! Invariant: [`Node::shutdown`] stops the front doors before the final
 //! fsync, so every write acknowledged before it returns is on disk.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aae::{AaeConfig, AaeHandle, RepairLog, Scheduler, spawn_aae};
 use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
 use crate::coordinator::{
     Keyspaces, LocalStore, LocalStoreConfig, QuorumConfig, QuorumStore, ReplicaHandler, Store,
@@ -56,6 +58,7 @@ pub struct Node {
     http: HttpServerHandle,
     peer: Option<PeerServerHandle>,
     membership: Option<MembershipHandle>,
+    aae: Option<AaeHandle>,
     sweep: SweepHandle,
     fsync_stop_tx: watch::Sender<bool>,
     fsync_task: Option<JoinHandle<()>>,
@@ -117,17 +120,18 @@ impl Node {
         let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
             .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
-        let (resp, peer, membership, cluster_view) = if config.is_clustered() {
+        let (resp, peer, membership, aae, cluster_view) = if config.is_clustered() {
             let parts = start_cluster(&config, engine_kind, store.clone()).await?;
             (
                 parts.resp,
                 Some(parts.peer),
                 Some(parts.membership),
+                parts.aae,
                 parts.view,
             )
         } else {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
-            (resp, None, None, single_node_view(&config))
+            (resp, None, None, None, single_node_view(&config))
         };
         let stats_store = store.clone();
         let http_state = HttpState {
@@ -149,6 +153,7 @@ impl Node {
             http,
             peer,
             membership,
+            aae,
             sweep,
             fsync_stop_tx,
             fsync_task,
@@ -170,8 +175,17 @@ impl Node {
         self.peer.as_ref().map(PeerServerHandle::local_addr)
     }
 
+    /// Anti-entropy's per-partition last exchanges, in a cluster with
+    /// anti-entropy on (for `GET /v1/repair`).
+    pub fn repair_log(&self) -> Option<Arc<RepairLog>> {
+        self.aae.as_ref().map(AaeHandle::repair_log)
+    }
+
     /// Stops serving, then fsyncs everything.
     pub async fn shutdown(self) -> Result<(), StoreError> {
+        if let Some(aae) = self.aae {
+            aae.shutdown().await;
+        }
         self.resp.shutdown().await;
         if let Some(peer) = self.peer {
             peer.shutdown().await;
@@ -231,6 +245,7 @@ struct ClusterParts {
     resp: RespServerHandle,
     peer: PeerServerHandle,
     membership: MembershipHandle,
+    aae: Option<AaeHandle>,
     view: ViewFn,
 }
 
@@ -290,7 +305,7 @@ async fn start_cluster(
         transport.clone(),
         layout,
     ));
-    let handler = Arc::new(ReplicaHandler::new(local));
+    let handler = Arc::new(ReplicaHandler::new(local.clone()));
     let peer = bind_peer_server(config.node.peer_addr, peer_config, handler)
         .await
         .map_err(|source| StartError::Bind {
@@ -312,6 +327,22 @@ async fn start_cluster(
         addr: gossip_addr,
         source: std::io::Error::other(e.to_string()),
     })?;
+    let aae = (config.cluster.aae_interval_ms > 0).then(|| {
+        let layout_store = quorum.clone();
+        let up = membership.clone();
+        spawn_aae(Scheduler::new(
+            AaeConfig {
+                node_name: config.node.name.clone(),
+                interval: Duration::from_millis(config.cluster.aae_interval_ms),
+                max_partitions_per_sec: config.cluster.aae_max_partitions_per_sec,
+                tombstone_grace_ms: config.storage.tombstone_grace_ms,
+            },
+            local,
+            transport,
+            Arc::new(move || layout_store.layout()),
+            Arc::new(move |peer: &str| up.is_up(peer)),
+        ))
+    });
     let view_store = quorum.clone();
     let view: ViewFn = Arc::new(move || membership.view(&view_store.layout()));
     let resp = start_resp(config, engine, quorum).await?;
@@ -319,6 +350,7 @@ async fn start_cluster(
         resp,
         peer,
         membership: membership_handle,
+        aae,
         view,
     })
 }
