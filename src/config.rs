@@ -193,6 +193,12 @@ pub struct ClusterConfig {
     /// that node are dropped (counted), client writes never refused.
     /// Default: 256 MiB.
     pub hint_max_bytes_per_target: u64,
+    /// Mean time between anti-entropy rounds, ms (each round compares every
+    /// partition this node holds with its other replicas; jittered by
+    /// ±20 %); 0 turns anti-entropy off. Default: 60 000.
+    pub aae_interval_ms: u64,
+    /// Most anti-entropy partition exchanges started per second. Default: 100.
+    pub aae_max_partitions_per_sec: u32,
 }
 
 impl Default for ClusterConfig {
@@ -206,6 +212,8 @@ impl Default for ClusterConfig {
             gossip_interval_ms: 250,
             hint_window_ms: 3 * 3_600_000,
             hint_max_bytes_per_target: 256 << 20,
+            aae_interval_ms: 60_000,
+            aae_max_partitions_per_sec: 100,
         }
     }
 }
@@ -344,6 +352,20 @@ impl Config {
         self.validate_keyspaces()
     }
 
+    /// Longest time between two anti-entropy exchanges of one partition
+    /// replica, ms: the interval plus its 20% jitter plus one round (every
+    /// partition of every keyspace at `aae_max_partitions_per_sec`). `None`
+    /// when anti-entropy is off.
+    pub fn aae_period_ms(&self) -> Option<u64> {
+        let c = &self.cluster;
+        if c.aae_interval_ms == 0 {
+            return None;
+        }
+        let exchanges = u64::from(c.partitions) * self.all_keyspaces().len() as u64;
+        let round_ms = exchanges * 1000 / u64::from(c.aae_max_partitions_per_sec.max(1));
+        Some(c.aae_interval_ms + c.aae_interval_ms / 5 + round_ms)
+    }
+
     /// True when this node is part of a multi-node cluster.
     pub fn is_clustered(&self) -> bool {
         !self.cluster.nodes.is_empty()
@@ -399,6 +421,15 @@ impl Config {
                 c.gossip_interval_ms
             ));
         }
+        if c.aae_interval_ms != 0 && c.aae_interval_ms < 100 {
+            return fail(format!(
+                "cluster.aae_interval_ms = {}: must be at least 100, or 0 to turn anti-entropy off",
+                c.aae_interval_ms
+            ));
+        }
+        if c.aae_max_partitions_per_sec == 0 {
+            return fail("cluster.aae_max_partitions_per_sec must be at least 1".into());
+        }
         if self.gossip_addr().port() == 0 {
             return fail(
                 "node.gossip_addr (or node.peer_addr, its default) needs a fixed port: peers gossip back to it"
@@ -417,6 +448,15 @@ impl Config {
                 "storage.tombstone_grace_ms = {grace} must be longer than cluster.hint_window_ms = {}: \
                  a hint delivered after its tombstone was purged would bring a deleted key back",
                 c.hint_window_ms
+            ));
+        }
+        if let Some(period) = self.aae_period_ms()
+            && grace <= period
+        {
+            return fail(format!(
+                "storage.tombstone_grace_ms = {grace} must be longer than the anti-entropy period \
+                 ({period} ms: cluster.aae_interval_ms + 20% jitter + one round at \
+                 aae_max_partitions_per_sec): a replica must be compared before its tombstones are purged"
             ));
         }
         if let Some(seed) = c.seeds.iter().find(|s| !s.contains(':')) {
@@ -544,6 +584,23 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("host:port"));
         c.cluster.seeds = vec!["seed.example:7381".into()];
         assert_eq!(c.gossip_seeds(), ["seed.example:7381"]);
+        c.cluster.aae_interval_ms = 50;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("aae_interval_ms")
+        );
+        c.cluster.aae_interval_ms = 0;
+        c.validate().unwrap();
+        c.cluster.aae_max_partitions_per_sec = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("aae_max_partitions_per_sec")
+        );
+        c.cluster.aae_max_partitions_per_sec = 1;
         c.cluster.nodes.push(member("node2", 3));
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
         c.cluster.nodes.pop();
@@ -552,6 +609,19 @@ mod tests {
         let error = c.validate().unwrap_err().to_string();
         assert!(error.contains("tombstone_grace_ms"), "{error}");
         assert!(error.contains("hint_window_ms"), "{error}");
+        c.cluster.hint_window_ms = 1000;
+        c.cluster.aae_interval_ms = 60_000;
+        c.cluster.aae_max_partitions_per_sec = 100;
+        // 1024 partitions at 100 a second: a round takes 10.24 s.
+        assert_eq!(c.aae_period_ms(), Some(60_000 + 12_000 + 10_240));
+        c.storage.tombstone_grace_ms = 82_240;
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("anti-entropy period"), "{error}");
+        c.storage.tombstone_grace_ms = 82_241;
+        c.validate().unwrap();
+        c.cluster.aae_interval_ms = 0;
+        c.storage.tombstone_grace_ms = 1001;
+        c.validate().unwrap();
     }
 
     #[test]

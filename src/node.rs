@@ -1,5 +1,6 @@
 //! One ringkv node wired together from a [`Config`]: engine, store, expiry
-//! sweep, fsync task, RESP and HTTP servers.
+//! sweep, fsync task, RESP and HTTP servers; in a cluster also the peer
+//! server, gossip and anti-entropy.
 //!
 //! Invariant: [`Node::shutdown`] stops the front doors before the final
 //! fsync, so every write acknowledged before it returns is on disk.
@@ -11,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aae::{AaeConfig, AaeHandle, RepairLog, Scheduler, spawn_aae};
 use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
 use crate::coordinator::{
     HintConfig, HintDeliveryHandle, Hints, Keyspaces, LocalStore, LocalStoreConfig, QuorumConfig,
@@ -58,6 +60,7 @@ pub struct Node {
     peer: Option<PeerServerHandle>,
     membership: Option<MembershipHandle>,
     hints: Option<(Arc<Hints>, HintDeliveryHandle)>,
+    aae: Option<AaeHandle>,
     sweep: SweepHandle,
     fsync_stop_tx: watch::Sender<bool>,
     fsync_task: Option<JoinHandle<()>>,
@@ -137,18 +140,19 @@ impl Node {
         let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
             .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
-        let (resp, peer, membership, cluster_view, hints) = if config.is_clustered() {
+        let (resp, peer, membership, aae, cluster_view, hints) = if config.is_clustered() {
             let parts = start_cluster(&config, engine_kind, store.clone()).await?;
             (
                 parts.resp,
                 Some(parts.peer),
                 Some(parts.membership),
+                parts.aae,
                 parts.view,
                 Some(parts.hints),
             )
         } else {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
-            (resp, None, None, single_node_view(&config), None)
+            (resp, None, None, None, single_node_view(&config), None)
         };
         let stats_store = store.clone();
         let http_state = HttpState {
@@ -171,6 +175,7 @@ impl Node {
             peer,
             membership,
             hints,
+            aae,
             sweep,
             fsync_stop_tx,
             fsync_task,
@@ -192,8 +197,17 @@ impl Node {
         self.peer.as_ref().map(PeerServerHandle::local_addr)
     }
 
+    /// Anti-entropy's per-partition last exchanges, in a cluster with
+    /// anti-entropy on (for `GET /v1/repair`).
+    pub fn repair_log(&self) -> Option<Arc<RepairLog>> {
+        self.aae.as_ref().map(AaeHandle::repair_log)
+    }
+
     /// Stops serving, then fsyncs everything.
     pub async fn shutdown(self) -> Result<(), StoreError> {
+        if let Some(aae) = self.aae {
+            aae.shutdown().await;
+        }
         self.resp.shutdown().await;
         if let Some(peer) = self.peer {
             peer.shutdown().await;
@@ -259,6 +273,7 @@ struct ClusterParts {
     resp: RespServerHandle,
     peer: PeerServerHandle,
     membership: MembershipHandle,
+    aae: Option<AaeHandle>,
     view: ViewFn,
     hints: (Arc<Hints>, HintDeliveryHandle),
 }
@@ -347,7 +362,7 @@ async fn start_cluster(
         is_up,
         HINT_DELIVERY_INTERVAL,
     );
-    let handler = Arc::new(ReplicaHandler::new(local).with_hints(hints.clone()));
+    let handler = Arc::new(ReplicaHandler::new(local.clone()).with_hints(hints.clone()));
     let peer = bind_peer_server(config.node.peer_addr, peer_config, handler)
         .await
         .map_err(|source| StartError::Bind {
@@ -369,6 +384,22 @@ async fn start_cluster(
         addr: gossip_addr,
         source: std::io::Error::other(e.to_string()),
     })?;
+    let aae = (config.cluster.aae_interval_ms > 0).then(|| {
+        let layout_store = quorum.clone();
+        let up = membership.clone();
+        spawn_aae(Scheduler::new(
+            AaeConfig {
+                node_name: config.node.name.clone(),
+                interval: Duration::from_millis(config.cluster.aae_interval_ms),
+                max_partitions_per_sec: config.cluster.aae_max_partitions_per_sec,
+                tombstone_grace_ms: config.storage.tombstone_grace_ms,
+            },
+            local,
+            transport,
+            Arc::new(move || layout_store.layout()),
+            Arc::new(move |peer: &str| up.is_up(peer)),
+        ))
+    });
     let view_store = quorum.clone();
     let view: ViewFn = Arc::new(move || membership.view(&view_store.layout()));
     let resp = start_resp(config, engine, quorum).await?;
@@ -376,6 +407,7 @@ async fn start_cluster(
         resp,
         peer,
         membership: membership_handle,
+        aae,
         view,
         hints: (hints, delivery),
     })

@@ -751,6 +751,7 @@ async fn serve_locally(
             key,
             record,
         } => super::replica::store_hint(hints, &target, &keyspace, &key, record),
+        Request::Aae(_) => Err("anti-entropy requests are not coordinated".into()),
     }
 }
 

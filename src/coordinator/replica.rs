@@ -119,6 +119,9 @@ impl Handler for ReplicaHandler {
                 key,
                 record,
             } => store_hint(self.hints.as_deref(), &target, &keyspace, &key, record),
+            Request::Aae(request) => crate::aae::serve(&self.store, request)
+                .await
+                .map(Response::Aae),
         };
         result.unwrap_or_else(|e| {
             tracing::warn!(peer = %from, error = %e, "replica request failed");

@@ -91,6 +91,9 @@ struct ServerArgs {
     /// Most simultaneous client connections [default: 10000].
     #[arg(long, env = "RINGKV_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Mean ms between anti-entropy rounds in a cluster, 0 = off [default: 60000].
+    #[arg(long, env = "RINGKV_AAE_INTERVAL_MS")]
+    aae_interval_ms: Option<u64>,
     /// Threads serving requests, 0 = one per CPU core [default: 0].
     #[arg(long, env = "RINGKV_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -120,6 +123,9 @@ impl ServerArgs {
         config.cluster.seeds.extend(self.join);
         if self.cluster_secret.is_some() {
             config.cluster.secret = self.cluster_secret;
+        }
+        if let Some(v) = self.aae_interval_ms {
+            config.cluster.aae_interval_ms = v;
         }
         if let Some(v) = self.worker_threads {
             node.worker_threads = v;
