@@ -19,7 +19,10 @@ use crate::coordinator::{
     QuorumStore, ReplicaHandler, Store, StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
     spawn_hint_delivery,
 };
-use crate::http::{HttpServerHandle, HttpState, metrics_handle, spawn_http};
+use crate::http::{
+    AntiEntropyView, HttpServerHandle, HttpState, PartitionExchange, RepairView, metrics_handle,
+    spawn_http,
+};
 use crate::membership::{
     ClusterView, GossipConfig, MemberView, Membership, MembershipHandle, spawn_gossip,
 };
@@ -154,6 +157,20 @@ impl Node {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
             (resp, None, None, None, single_node_view(&config), None)
         };
+        let repair_hints = hints.as_ref().map(|(h, _)| h.clone());
+        let repair_log = aae.as_ref().map(AaeHandle::repair_log);
+        let node_name = config.node.name.clone();
+        let aae_interval_ms = config.cluster.aae_interval_ms;
+        let repair = Arc::new(move || RepairView {
+            node: node_name.clone(),
+            hints: repair_hints
+                .as_ref()
+                .map(|h| h.queues())
+                .unwrap_or_default(),
+            anti_entropy: repair_log
+                .as_ref()
+                .map(|log| anti_entropy_view(log, aae_interval_ms)),
+        });
         let stats_store = store.clone();
         let http_state = HttpState {
             node_name: config.node.name.clone(),
@@ -161,6 +178,7 @@ impl Node {
             stats: Arc::new(move || stats_store.stats()),
             metrics,
             cluster: cluster_view,
+            repair,
         };
         let http = spawn_http(config.node.http_addr, http_state)
             .await
@@ -237,6 +255,29 @@ impl Node {
                     source: std::io::Error::other(e.to_string()),
                 })
             })?
+    }
+}
+
+/// What `GET /v1/repair` shows of the anti-entropy log.
+fn anti_entropy_view(log: &RepairLog, interval_ms: u64) -> AntiEntropyView {
+    AntiEntropyView {
+        rounds: log.rounds(),
+        interval_ms,
+        exchanges: log
+            .last_exchanges()
+            .into_iter()
+            .map(|e| PartitionExchange {
+                keyspace: e.keyspace,
+                partition: e.partition,
+                peer: e.peer,
+                at_ms: e.at_ms,
+                in_sync: e.report.in_sync,
+                pulled: e.report.pulled as u64,
+                pushed: e.report.pushed as u64,
+                bytes: e.report.bytes,
+                error: e.error,
+            })
+            .collect(),
     }
 }
 

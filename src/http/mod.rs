@@ -1,5 +1,6 @@
-//! The HTTP front door: `GET /health`, `GET /metrics` (Prometheus text) and
-//! `GET /v1/cluster` (JSON: every node as this node sees it).
+//! The HTTP front door: `GET /health`, `GET /metrics` (Prometheus text),
+//! `GET /v1/cluster` (JSON: every node as this node sees it) and
+//! `GET /v1/repair` (JSON: this node's hints and anti-entropy exchanges).
 //!
 //! Invariant: gauges that are cheap to read at scrape time (keys, engine
 //! bytes) are set just before rendering, so they are never stale.
@@ -17,8 +18,58 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::coordinator::StoreStats;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::coordinator::{HintQueue, StoreStats};
 use crate::membership::ClusterView;
+
+/// Repair activity on one node (`GET /v1/repair`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairView {
+    /// The node answering.
+    pub node: String,
+    /// Hints this node keeps, per target node.
+    pub hints: BTreeMap<String, HintQueue>,
+    /// Anti-entropy on this node; `None` when it is off (a single node, or
+    /// `cluster.aae_interval_ms = 0`).
+    pub anti_entropy: Option<AntiEntropyView>,
+}
+
+/// Anti-entropy as one node ran it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyView {
+    /// Rounds completed since start-up.
+    pub rounds: u64,
+    /// Mean time between rounds, ms.
+    pub interval_ms: u64,
+    /// The last exchange of every (keyspace, partition) replica that had one.
+    pub exchanges: Vec<PartitionExchange>,
+}
+
+/// The last anti-entropy exchange of one partition replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionExchange {
+    /// Keyspace name.
+    pub keyspace: String,
+    /// Partition.
+    pub partition: u16,
+    /// The replica compared with.
+    pub peer: String,
+    /// When it finished, ms since the epoch.
+    pub at_ms: u64,
+    /// The trees were equal.
+    pub in_sync: bool,
+    /// Keys fetched from the peer and merged here.
+    pub pulled: u64,
+    /// Keys sent to the peer.
+    pub pushed: u64,
+    /// Bytes exchanged.
+    pub bytes: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
 
 /// Buckets of the latency histograms, seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -70,6 +121,8 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// The cluster as this node sees it.
     pub cluster: Arc<dyn Fn() -> ClusterView + Send + Sync>,
+    /// This node's repair activity.
+    pub repair: Arc<dyn Fn() -> RepairView + Send + Sync>,
 }
 
 /// A running HTTP server.
@@ -124,6 +177,13 @@ async fn cluster(State(state): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+async fn repair(State(state): State<HttpState>) -> impl IntoResponse {
+    let view = (state.repair)();
+    let body = serde_json::to_string_pretty(&view)
+        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
 /// Binds `addr` and serves until shut down.
 pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<HttpServerHandle> {
     let listener = TcpListener::bind(addr).await?;
@@ -132,6 +192,7 @@ pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<H
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/v1/cluster", get(cluster))
+        .route("/v1/repair", get(repair))
         .with_state(state);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {

@@ -9,7 +9,9 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use crate::cluster::TestCluster;
-use crate::support::{http_get, map_pairs, ok};
+use std::process::Command;
+
+use crate::support::{http_get, map_pairs, ok, run_bounded};
 
 /// One replica's state as `KV.INSPECT` reports it: node, state, digest and
 /// timestamp (`None` where the reply has none).
@@ -106,6 +108,35 @@ async fn hints_for_a_dead_primary_survive_the_coordinators_crash_and_are_deliver
             metric(&metrics, "ringkv_hints_queued ") >= 50.0,
             "hints queued on the coordinator:\n{metrics}"
         );
+        let (status, _, body) = http_get(cluster.node(0).http_addr, "/v1/repair").await;
+        assert_eq!(status, 200, "{body}");
+        let repair: serde_json::Value = serde_json::from_str(&body).expect("/v1/repair is JSON");
+        assert_eq!(repair["node"], "node1", "{repair}");
+        assert!(
+            repair["hints"]["node3"]["hints"].as_u64() >= Some(50),
+            "{repair}"
+        );
+        assert!(
+            repair["anti_entropy"].is_object(),
+            "on by default: {repair}"
+        );
+        let output = run_bounded(
+            Command::new(env!("CARGO_BIN_EXE_ringkv")).args([
+                "cluster",
+                "repair-status",
+                "--node",
+                &cluster.node(0).http_addr.to_string(),
+            ]),
+            Duration::from_secs(10),
+        );
+        let text = String::from_utf8_lossy(&output.stdout);
+        let errors = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{text}{errors}");
+        assert!(
+            text.contains("HINTS FOR") && text.contains("node3"),
+            "{text}"
+        );
+        assert!(text.contains("anti-entropy: every 60000 ms"), "{text}");
     }
     // The coordinator dies too: its hints must survive in its data dir.
     cluster.kill(0);
