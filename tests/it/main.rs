@@ -3,6 +3,7 @@
 //! Tiers: `commands`, `limits` and `http` run an in-process node per test;
 //! `durability` and `clients` run the `ringkv` binary as a child process.
 
+mod checker;
 mod clients;
 mod cluster;
 mod cluster_pipeline;
