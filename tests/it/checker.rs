@@ -247,6 +247,31 @@ pub(crate) async fn send_bounded(
     outcome
 }
 
+/// Waits until every node in `addrs` can read at `R all`: a node started
+/// before its peers backs off from them for a while, and a run should begin
+/// with a whole cluster.
+pub(crate) async fn wait_for_full_cluster(addrs: &[SocketAddr], limit: Duration, seed: u64) {
+    let deadline = Instant::now() + limit;
+    let mut conns: Conns = addrs.iter().map(|_| None).collect();
+    for (node, addr) in addrs.iter().enumerate() {
+        let mut cmd = redis::cmd("KV.GET");
+        cmd.arg("warmup").arg("R").arg("all");
+        loop {
+            let outcome = send_bounded(&cmd, node, Some(*addr), &mut conns, limit).await;
+            if matches!(outcome, Outcome::Ok(_)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RINGKV_TEST_SEED={seed}: node{} cannot read at R all within {limit:?} of \
+                 the cluster start: {outcome:?}",
+                node + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Reads every key through every node in `addrs` at `R all` until all
 /// agree, retrying within `limit`; returns the reads made (for the checker)
 /// and the agreed value of each key.

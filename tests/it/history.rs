@@ -50,8 +50,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::checker::{
-    CLOCK_TICK_SLACK, Conns, FINAL_TASK, Kind, Op, Outcome, Regime, Rng, acked,
-    assert_no_violations, final_reads, key_regimes, seed, send, send_bounded, summary,
+    CLOCK_TICK_SLACK, Conns, FINAL_TASK, Kind, Op, Regime, Rng, acked, assert_no_violations,
+    final_reads, key_regimes, seed, send_bounded, summary, wait_for_full_cluster,
 };
 use crate::cluster::TestCluster;
 
@@ -197,32 +197,6 @@ async fn kill_and_restart(
     Some((killed, back))
 }
 
-/// Waits until every node can read at `R all`: a node started before its
-/// peers backs off from them for a while, and the run should begin with a
-/// whole cluster.
-async fn wait_for_full_cluster(cluster: &TestCluster, seed: u64) {
-    let deadline = Instant::now() + CONVERGE_LIMIT;
-    let mut conns: Conns = (0..NODES).map(|_| None).collect();
-    for node in 0..NODES {
-        let mut cmd = redis::cmd("KV.GET");
-        cmd.arg("hist-warmup").arg("R").arg("all");
-        let addr = Some(cluster.node(node).resp_addr);
-        loop {
-            let outcome = send(&cmd, node, addr, &mut conns).await;
-            if matches!(outcome, Outcome::Ok(_)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "RINGKV_TEST_SEED={seed}: node{} cannot read at R all within \
-                 {CONVERGE_LIMIT:?} of the cluster start: {outcome:?}",
-                node + 1
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 // ---------------------------------------------------------------- the test
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +228,8 @@ async fn run_history(slack: Duration) {
     );
 
     let mut cluster = TestCluster::start_with_engine(NODES, "fjall");
-    wait_for_full_cluster(&cluster, seed).await;
+    let addrs: Vec<SocketAddr> = (0..NODES).map(|i| cluster.node(i).resp_addr).collect();
+    wait_for_full_cluster(&addrs, CONVERGE_LIMIT, seed).await;
     let t0 = Instant::now();
     let shared = Arc::new(Shared {
         seed,
