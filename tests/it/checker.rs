@@ -356,14 +356,20 @@ pub(crate) fn check(history: &[Op], slack: Duration) -> Vec<Violation> {
         .iter()
         .filter_map(|op| op.value.as_deref().map(|v| (v, op)))
         .collect();
+    // NOTE: grouped by key, so a long soak history checks in seconds.
+    let mut writes_of: HashMap<usize, Vec<&Op>> = HashMap::new();
+    for w in history.iter().filter(|op| op.kind.writes()) {
+        writes_of.entry(w.key).or_default().push(w);
+    }
     let mut violations = Vec::new();
     for read in history.iter().filter(|op| op.kind == Kind::Read) {
         let Outcome::Ok(returned) = &read.outcome else {
             continue;
         };
-        let acked_before: Vec<&Op> = history
+        let writes = writes_of.get(&read.key).map_or(&[][..], Vec::as_slice);
+        let acked_before: Vec<&Op> = writes
             .iter()
-            .filter(|w| w.kind.writes() && w.key == read.key)
+            .copied()
             .filter(|w| acked(w) && w.complete < read.invoke)
             .collect();
         let violation = |rule, witnesses: Vec<&Op>| Violation {
@@ -373,7 +379,7 @@ pub(crate) fn check(history: &[Op], slack: Duration) -> Vec<Violation> {
         };
         let found = match returned {
             Some(value) => check_value(value, read, &sets, &acked_before, slack),
-            None => check_nil(read, history, &acked_before, slack),
+            None => check_nil(read, writes, &acked_before, slack),
         };
         if let Some((rule, witnesses)) = found {
             violations.push(violation(rule, witnesses));
@@ -420,7 +426,7 @@ fn check_value<'a>(
 /// Rule 3 for a read that returned nil.
 fn check_nil<'a>(
     read: &Op,
-    history: &'a [Op],
+    writes: &[&'a Op],
     acked_before: &[&'a Op],
     slack: Duration,
 ) -> Found<'a> {
@@ -430,9 +436,9 @@ fn check_nil<'a>(
         .filter(|w| w.kind == Kind::Write)
         .collect();
     let newest_set = acked_sets.iter().copied().max_by_key(|w| w.complete)?;
-    let mut deletes = history
+    let mut deletes = writes
         .iter()
-        .filter(|d| d.kind == Kind::Delete && d.key == read.key && d.invoke <= read.complete);
+        .filter(|d| d.kind == Kind::Delete && d.invoke <= read.complete);
     let explained = deletes.any(|d| match fixed_by(d) {
         None => true,
         Some(fixed) => !acked_sets.iter().any(|w| newer(fixed, w, slack)),
