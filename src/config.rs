@@ -29,6 +29,18 @@ pub struct Config {
     /// Keyspaces besides `default` (which always exists; listing it here
     /// overrides its properties).
     pub keyspaces: Vec<KeyspaceConfig>,
+    /// Test hooks, all off by default.
+    pub debug: DebugConfig,
+}
+
+/// Hooks for the fault tests; never for production.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Serve `POST /v1/debug/faults`, which cuts, drops and delays links to
+    /// peers (internode calls and gossip) and skews this node's clock
+    /// (`ringkv server --enable-fault-injection`). Default: false.
+    pub fault_injection: bool,
 }
 
 /// Identity and listeners.
@@ -544,6 +556,12 @@ mod tests {
         assert_eq!(c.storage.fsync, FsyncPolicy::Everysec);
         let names: Vec<_> = c.all_keyspaces().into_iter().map(|k| k.name).collect();
         assert_eq!(names, ["default", "cache"]);
+        assert!(
+            !c.debug.fault_injection,
+            "fault injection is off by default"
+        );
+        let c: Config = toml::from_str("[debug]\nfault_injection = true\n").unwrap();
+        assert!(c.debug.fault_injection);
     }
 
     #[test]

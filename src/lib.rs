@@ -17,6 +17,8 @@
 //! - [`resp`]: the Redis protocol: codec, frames, commands, server.
 //! - [`http`]: `/health` and `/metrics`.
 //! - [`node`]: wires one node together from a config; start and shutdown.
+//! - [`fault_injection`]: test hooks (off by default) that cut, drop and
+//!   delay a node's links and skew its clock.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,6 +26,7 @@
 pub mod aae;
 pub mod config;
 pub mod coordinator;
+pub mod fault_injection;
 pub mod http;
 pub mod membership;
 pub mod net;

@@ -19,14 +19,18 @@ use crate::coordinator::{
     QuorumStore, ReplicaHandler, Store, StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
     spawn_hint_delivery,
 };
+use crate::fault_injection::FaultInjector;
 use crate::http::{
     AntiEntropyView, HttpServerHandle, HttpState, PartitionExchange, RepairView, metrics_handle,
     spawn_http,
 };
 use crate::membership::{
-    ClusterView, GossipConfig, MemberView, Membership, MembershipHandle, spawn_gossip,
+    ClusterView, FilteredGossipTransport, GossipConfig, MemberView, Membership, MembershipHandle,
+    spawn_gossip,
 };
-use crate::net::{PeerConfig, PeerServerHandle, TcpTransport, bind_peer_server};
+use crate::net::{
+    FaultTable, FaultyTransport, PeerConfig, PeerServerHandle, TcpTransport, bind_peer_server,
+};
 use crate::resp::codec::DecodeLimits;
 use crate::resp::{RespConfig, RespServer, RespServerHandle};
 use crate::ring::{Layout, NodeSpec};
@@ -106,6 +110,23 @@ fn open_hint_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
     })
 }
 
+/// The fault hooks, if `debug.fault_injection` is on.
+fn fault_injector(config: &Config) -> Option<Arc<FaultInjector>> {
+    if !config.debug.fault_injection {
+        return None;
+    }
+    tracing::warn!(
+        "fault injection enabled: POST /v1/debug/faults can cut this node's links and skew its clock; \
+         for tests only"
+    );
+    let seed = node_id(&config.node.name).into();
+    Some(Arc::new(FaultInjector::new(
+        config.node.name.clone(),
+        config.cluster.nodes.clone(),
+        seed,
+    )))
+}
+
 /// The node id used to break timestamp ties: a hash of the node's name.
 fn node_id(name: &str) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) >> 32) as u32
@@ -119,7 +140,11 @@ impl Node {
         let engine = open_engine(&config)?;
         let engine_kind = engine.kind();
         let keyspaces = Keyspaces::new(config.all_keyspaces());
-        let clock = Arc::new(SystemClock);
+        let faults = fault_injector(&config);
+        let clock: Arc<dyn Clock> = match &faults {
+            Some(faults) => faults.clock(),
+            None => Arc::new(SystemClock),
+        };
         let store = Arc::new(LocalStore::open(LocalStoreConfig {
             engine,
             hlc: Arc::new(Hlc::new(clock, config.limits.max_clock_skew_ms)),
@@ -144,7 +169,7 @@ impl Node {
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
             .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
         let (resp, peer, membership, aae, cluster_view, hints) = if config.is_clustered() {
-            let parts = start_cluster(&config, engine_kind, store.clone()).await?;
+            let parts = start_cluster(&config, engine_kind, store.clone(), faults.as_ref()).await?;
             (
                 parts.resp,
                 Some(parts.peer),
@@ -179,6 +204,7 @@ impl Node {
             metrics,
             cluster: cluster_view,
             repair,
+            faults,
         };
         let http = spawn_http(config.node.http_addr, http_state)
             .await
@@ -345,16 +371,25 @@ async fn start_cluster(
     config: &Config,
     engine: &'static str,
     local: Arc<LocalStore>,
+    faults: Option<&Arc<FaultInjector>>,
 ) -> Result<ClusterParts, StartError> {
     let secret = config.cluster.secret.clone().unwrap_or_default();
     let mut peer_config = PeerConfig::new(config.node.name.clone(), secret.clone());
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
-    let transport = Arc::new(TcpTransport::new(peer_config.clone()));
+    // NOTE: without fault injection the table stays empty and the fault
+    // layer costs one atomic load per call.
+    let links = faults.map_or_else(FaultTable::default, |f| f.links().clone());
+    let transport = Arc::new(FaultyTransport::new(
+        TcpTransport::new(peer_config.clone()),
+        config.node.name.clone(),
+        links,
+        peer_config.request_timeout,
+    ));
     // NOTE: the configured addresses are a starting point; gossip replaces
     // them with what each peer publishes (see `spawn_gossip`).
     for member in &config.cluster.nodes {
         if member.name != config.node.name {
-            transport.set_peer(&member.name, member.peer_addr);
+            transport.inner().set_peer(&member.name, member.peer_addr);
         }
     }
     let layout = static_layout(config)?;
@@ -414,11 +449,21 @@ async fn start_cluster(
     let gossip_addr = gossip.listen_addr;
     membership.set_own_gossip_addr(gossip.advertise_addr);
     let follow = transport.clone();
+    let udp = chitchat::transport::UdpTransport;
+    let filtered;
+    let gossip_transport: &dyn chitchat::transport::Transport = match faults {
+        Some(faults) => {
+            faults.follow_membership(membership.clone());
+            filtered = FilteredGossipTransport::new(udp, faults.gossip_blocklist().clone());
+            &filtered
+        }
+        None => &udp,
+    };
     let membership_handle = spawn_gossip(
         gossip,
         membership.clone(),
-        &chitchat::transport::UdpTransport,
-        Box::new(move |name, addr| follow.set_peer(name, addr)),
+        gossip_transport,
+        Box::new(move |name, addr| follow.inner().set_peer(name, addr)),
     )
     .await
     .map_err(|e| StartError::Bind {

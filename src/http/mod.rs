@@ -1,6 +1,7 @@
 //! The HTTP front door: `GET /health`, `GET /metrics` (Prometheus text),
-//! `GET /v1/cluster` (JSON: every node as this node sees it) and
-//! `GET /v1/repair` (JSON: this node's hints and anti-entropy exchanges).
+//! `GET /v1/cluster` (JSON: every node as this node sees it),
+//! `GET /v1/repair` (JSON: this node's hints and anti-entropy exchanges);
+//! with fault injection enabled (tests only), `GET`/`POST /v1/debug/faults`.
 //!
 //! Invariant: gauges that are cheap to read at scrape time (keys, engine
 //! bytes) are set just before rendering, so they are never stale.
@@ -13,6 +14,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+
+use crate::fault_injection::{FaultInjector, FaultSpec};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -123,6 +126,9 @@ pub struct HttpState {
     pub cluster: Arc<dyn Fn() -> ClusterView + Send + Sync>,
     /// This node's repair activity.
     pub repair: Arc<dyn Fn() -> RepairView + Send + Sync>,
+    /// The fault hooks, when `debug.fault_injection` is on (else the
+    /// debug routes do not exist: 404).
+    pub faults: Option<Arc<FaultInjector>>,
 }
 
 /// A running HTTP server.
@@ -184,16 +190,57 @@ async fn repair(State(state): State<HttpState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+fn json_reply(status: StatusCode, body: String) -> axum::response::Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn faults_json(faults: &FaultInjector) -> String {
+    serde_json::to_string(&faults.current())
+        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+}
+
+/// `GET /v1/debug/faults`: the faults in force.
+async fn get_faults(State(state): State<HttpState>) -> axum::response::Response {
+    match &state.faults {
+        Some(faults) => json_reply(StatusCode::OK, faults_json(faults)),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `POST /v1/debug/faults` with a [`FaultSpec`]: replaces every fault;
+/// answers the faults now in force, or 400 and why.
+async fn post_faults(
+    State(state): State<HttpState>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let Some(faults) = &state.faults else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let applied = serde_json::from_slice::<FaultSpec>(&body)
+        .map_err(|e| format!("bad fault spec: {e}"))
+        .and_then(|spec| faults.apply(spec).map_err(|e| e.to_string()));
+    match applied {
+        Ok(()) => json_reply(StatusCode::OK, faults_json(faults)),
+        Err(e) => json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": e }).to_string(),
+        ),
+    }
+}
+
 /// Binds `addr` and serves until shut down.
 pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<HttpServerHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/v1/cluster", get(cluster))
-        .route("/v1/repair", get(repair))
-        .with_state(state);
+        .route("/v1/repair", get(repair));
+    if state.faults.is_some() {
+        app = app.route("/v1/debug/faults", get(get_faults).post(post_faults));
+    }
+    let app = app.with_state(state);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let shutdown = async move {

@@ -18,6 +18,7 @@
 //! the secret on every connection, so a forged address only gets refused
 //! handshakes. Keep gossip ports on a trusted network.
 
+mod filter;
 pub mod gossip;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use std::time::Instant;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+pub use filter::{FilteredGossipTransport, GossipBlocklist};
 pub use gossip::{GossipConfig, MembershipHandle, spawn_gossip};
 
 use crate::config::MemberConfig;
@@ -185,6 +187,12 @@ impl Membership {
     /// True if `name` is this node, not a member, or live by gossip.
     pub fn is_up(&self, name: &str) -> bool {
         name == self.me || self.peers.read().get(name).is_none_or(|p| p.up)
+    }
+
+    /// The gossip address `name` was last heard from, if ever.
+    pub fn gossip_addr(&self, name: &str) -> Option<SocketAddr> {
+        let peers = self.peers.read();
+        peers.get(name)?.seen.as_ref().map(|s| s.gossip_addr)
     }
 
     /// The cluster as this node sees it, under `layout`.

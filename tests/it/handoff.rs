@@ -192,3 +192,51 @@ async fn a_deleted_key_does_not_come_back_when_a_replica_that_missed_the_delete_
         assert_eq!(got, None, "{key} came back on the returning replica");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_refills_a_wiped_replica_without_any_read() {
+    let mut cluster = TestCluster::start_with_flags(3, "fjall", &["--aae-interval-ms", "1000"]);
+    let keys: Vec<String> = (0..300).map(|i| format!("aae-{i}")).collect();
+    {
+        let mut c = cluster.node(0).conn().await;
+        for key in &keys {
+            let put: String = ok(&mut c, &["KV.PUT", key, key, "W", "all"]).await;
+            assert_eq!(put, "OK");
+        }
+        // A delete, too: the refilled replica must learn the tombstone.
+        assert_eq!(
+            ok::<i64>(&mut c, &["KV.DEL", &keys[0], "W", "all"]).await,
+            1
+        );
+    }
+    // Every write reached every replica, so no hint is left for node3:
+    // after the wipe only anti-entropy can refill it.
+    cluster.kill(2);
+    cluster.wipe(2);
+    cluster.restart(2);
+    let mut c = cluster.node(0).conn().await;
+    let took = wait_converged(&mut c, &keys, Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|(key, replicas)| panic!("{key} was not refilled: {replicas:?}"));
+    eprintln!("anti-entropy refilled {} keys in {took:?}", keys.len());
+    let replicas = inspect(&mut c, &keys[0]).await;
+    assert!(replicas.iter().all(|r| r.1 == "tombstone"), "{replicas:?}");
+    let (_, _, body) = http_get(cluster.node(2).http_addr, "/v1/repair").await;
+    let repair: serde_json::Value = serde_json::from_str(&body).expect("/v1/repair is JSON");
+    let exchanges = repair["anti_entropy"]["exchanges"]
+        .as_array()
+        .expect("exchanges listed");
+    let pulled: u64 = exchanges.iter().filter_map(|e| e["pulled"].as_u64()).sum();
+    let (_, _, others) = http_get(cluster.node(0).http_addr, "/v1/repair").await;
+    let others: serde_json::Value = serde_json::from_str(&others).expect("JSON");
+    let pushed: u64 = others["anti_entropy"]["exchanges"]
+        .as_array()
+        .expect("exchanges listed")
+        .iter()
+        .filter_map(|e| e["pushed"].as_u64())
+        .sum();
+    assert!(
+        pulled + pushed > 0,
+        "the repairs show in /v1/repair: {repair}"
+    );
+}

@@ -97,6 +97,9 @@ struct ServerArgs {
     /// Threads serving requests, 0 = one per CPU core [default: 0].
     #[arg(long, env = "RINGKV_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Tests only: serve POST /v1/debug/faults (debug.fault_injection).
+    #[arg(long, hide = true)]
+    enable_fault_injection: bool,
 }
 
 impl ServerArgs {
@@ -152,6 +155,9 @@ impl ServerArgs {
             if let Some(v) = value {
                 *slot = v;
             }
+        }
+        if self.enable_fault_injection {
+            config.debug.fault_injection = true;
         }
         config.validate()?;
         Ok(config)
