@@ -211,6 +211,10 @@ pub struct ClusterConfig {
     pub aae_interval_ms: u64,
     /// Most anti-entropy partition exchanges started per second. Default: 100.
     pub aae_max_partitions_per_sec: u32,
+    /// One quorum read in this many also reads, after answering, the
+    /// primaries it did not ask and repairs the stale ones; 0 turns this off
+    /// (anti-entropy still repairs them). Default: 100.
+    pub background_read_repair_every: u64,
 }
 
 impl Default for ClusterConfig {
@@ -226,6 +230,7 @@ impl Default for ClusterConfig {
             hint_max_bytes_per_target: 256 << 20,
             aae_interval_ms: 60_000,
             aae_max_partitions_per_sec: 100,
+            background_read_repair_every: 100,
         }
     }
 }

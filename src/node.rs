@@ -430,7 +430,8 @@ async fn start_cluster(
             layout,
         )
         .with_hints(hints.clone())
-        .with_liveness(is_up.clone()),
+        .with_liveness(is_up.clone())
+        .with_background_repair_every(config.cluster.background_read_repair_every),
     );
     let delivery = spawn_hint_delivery(
         hints.clone(),

@@ -102,9 +102,9 @@ pub type Liveness = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 pub const MAX_LATE_WRITES: usize = 1024;
 
 /// One quorum read in this many repairs the replicas it did not read, by
-/// default (Cassandra's old `read_repair_chance` of 0.1): a background read
-/// of `n - r` replicas per read would cost about a third of read throughput.
-pub const DEFAULT_REPAIR_EVERY: u64 = 10;
+/// default. Measured (bench/RESULTS.md): one in ten cost a level-one GET a
+/// quarter of its throughput (each sampled read asks `n - r` more replicas).
+pub const DEFAULT_REPAIR_EVERY: u64 = 100;
 
 /// One replica's answer, or why there is none.
 type ReplicaResult = (Arc<str>, Result<Response, String>);
@@ -268,7 +268,12 @@ impl<T: Transport> QuorumStore<T> {
         let mut order: Vec<Arc<str>> = primaries.to_vec();
         // NOTE: the local replica answers without a network round trip, and
         // a node gossip reports down would only cost a timeout.
-        order.sort_by_key(|node| (**node != *self.me, !(self.is_up)(node)));
+        order.sort_by_cached_key(|node| {
+            (
+                **node != *self.me,
+                **node != *self.me && !(self.is_up)(node),
+            )
+        });
         let mut waiting = order.into_iter();
         let mut calls = FuturesUnordered::new();
         for node in waiting.by_ref().take(needed) {
@@ -487,6 +492,23 @@ impl<T: Transport> QuorumStore<T> {
     ) -> Result<Option<Record>, StoreError> {
         let plan = self.plan(ks, key)?;
         let needed = Self::required(level, plan.n)?;
+        if needed == 1
+            && plan.primaries.iter().any(|p| **p == *self.me)
+            && let Ok(record) = self.local.read_stored(ks, key)
+        {
+            // NOTE: a read of one replica that this node holds needs no
+            // fan-out: it is most reads at level one, and the hot path there.
+            if plan.primaries.len() > 1 && self.sample_background_repair() {
+                let others = plan
+                    .primaries
+                    .iter()
+                    .filter(|p| ***p != *self.me)
+                    .cloned()
+                    .collect();
+                self.repair_in_background(ks, key.clone(), record.clone(), others);
+            }
+            return Ok(record);
+        }
         let request = Request::Read {
             keyspace: self.keyspaces.get(ks).name.clone(),
             key: key.clone(),
@@ -516,16 +538,18 @@ impl<T: Transport> QuorumStore<T> {
             }
             seen.push((node, record));
         }
-        let unread: Vec<Arc<str>> = plan
-            .primaries
-            .iter()
-            .filter(|p| !seen.iter().any(|(node, _)| node == *p))
-            .cloned()
-            .collect();
+        let unread =
+            (seen.len() < plan.primaries.len() && self.sample_background_repair()).then(|| {
+                plan.primaries
+                    .iter()
+                    .filter(|p| !seen.iter().any(|(node, _)| node == *p))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            });
         if let Some(merged) = &merged {
             self.read_repair(ks, key, merged, seen).await;
         }
-        if !unread.is_empty() && self.sample_background_repair() {
+        if let Some(unread) = unread {
             self.repair_in_background(ks, key.clone(), merged.clone(), unread);
         }
         Ok(merged)
