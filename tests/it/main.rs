@@ -10,6 +10,7 @@ mod clients;
 mod cluster;
 mod cluster_pipeline;
 mod commands;
+mod dev_cluster;
 mod durability;
 mod faults;
 mod gossip;
