@@ -86,7 +86,8 @@ run_bench() { # port extra-args...
   local port=$1; shift
   # NOTE: a benchmark that stops on an error reply yields no rows instead of
   # aborting the whole comparison (its stderr goes to the log).
-  { redis-benchmark -p "$port" -t set,get -n "$requests" -c 50 --csv "$@" 2>>"$work/benchmark-errors.log" || true; } |
+  # NOTE: bounded: redis-benchmark waits forever for a server that died.
+  { timeout 600 redis-benchmark -p "$port" -t set,get -n "$requests" -c 50 --csv "$@" 2>>"$work/benchmark-errors.log" || true; } |
     awk -F'","' 'NR>1 { gsub(/"/,""); split($0,f,","); print f[1], f[2], f[5], f[7] }'
 }
 
@@ -176,6 +177,12 @@ for setup in quorum one quorum-down; do
   cluster_pid=$!
   pids+=("$cluster_pid")
   for i in 0 1 2; do wait_ready $((base + i)); done
+  # NOTE: dev-cluster prints this once it saw every node start; killing a
+  # node before that makes it stop the whole cluster as a failed start.
+  for _ in $(seq 1 100); do
+    grep -q "Ctrl-C stops every node" "$work/cluster-$setup.log" && break
+    sleep 0.1
+  done
   label="3-node dev-cluster, n=3, fjall, $levels/$levels"
   if [ "$setup" = quorum-down ]; then
     # NOTE: the node's own config path names exactly the process this run started.

@@ -255,6 +255,10 @@ fn default_capacity() -> u32 {
     1
 }
 
+/// Longest node name, bytes (hint queues and frames carry it with a
+/// one-byte length).
+pub const MAX_NODE_NAME_BYTES: usize = 255;
+
 /// Shortest cluster secret accepted.
 pub const MIN_SECRET_BYTES: usize = 16;
 
@@ -360,6 +364,15 @@ impl Config {
         if self.node.name.is_empty() {
             return fail("node.name must not be empty".into());
         }
+        if let Some(long) = std::iter::once(&self.node.name)
+            .chain(self.cluster.nodes.iter().map(|m| &m.name))
+            .find(|name| name.len() > MAX_NODE_NAME_BYTES)
+        {
+            return fail(format!(
+                "node name {long:?} is {} bytes: at most {MAX_NODE_NAME_BYTES}",
+                long.len()
+            ));
+        }
         if self.node.requirepass.as_deref() == Some("") {
             return fail(
                 "node.requirepass is empty: remove it to disable AUTH, or set a password".into(),
@@ -371,14 +384,23 @@ impl Config {
 
     /// Longest time between two anti-entropy exchanges of one partition
     /// replica, ms: the interval plus its 20% jitter plus one round (every
-    /// partition of every keyspace at `aae_max_partitions_per_sec`). `None`
-    /// when anti-entropy is off.
+    /// partition of every keyspace with each other replica, at
+    /// `aae_max_partitions_per_sec`). `None` when anti-entropy is off. A
+    /// round slowed by timeouts or a peer that stays down can take longer:
+    /// the grace must cover such outages too.
     pub fn aae_period_ms(&self) -> Option<u64> {
         let c = &self.cluster;
         if c.aae_interval_ms == 0 {
             return None;
         }
-        let exchanges = u64::from(c.partitions) * self.all_keyspaces().len() as u64;
+        // NOTE: a round compares each partition with each other replica.
+        let nodes = c.nodes.len().max(1) as u64;
+        let peers: u64 = self
+            .all_keyspaces()
+            .iter()
+            .map(|k| u64::from(k.n).min(nodes).saturating_sub(1).max(1))
+            .sum();
+        let exchanges = u64::from(c.partitions) * peers;
         let round_ms = exchanges * 1000 / u64::from(c.aae_max_partitions_per_sec.max(1));
         Some(c.aae_interval_ms + c.aae_interval_ms / 5 + round_ms)
     }
@@ -460,11 +482,15 @@ impl Config {
             );
         }
         let grace = self.storage.tombstone_grace_ms;
-        if grace <= c.hint_window_ms {
+        // NOTE: a hint's age is measured on its holder's clock and a
+        // tombstone's on its replica's, so the skew allowed between them
+        // and a delivery that waits a request timeout count too.
+        let hint_bound = c.hint_window_ms + self.limits.max_clock_skew_ms + c.request_timeout_ms;
+        if grace <= hint_bound {
             return fail(format!(
-                "storage.tombstone_grace_ms = {grace} must be longer than cluster.hint_window_ms = {}: \
-                 a hint delivered after its tombstone was purged would bring a deleted key back",
-                c.hint_window_ms
+                "storage.tombstone_grace_ms = {grace} must be longer than cluster.hint_window_ms + \
+                 limits.max_clock_skew_ms + cluster.request_timeout_ms = {hint_bound}: \
+                 a hint delivered after its tombstone was purged would bring a deleted key back"
             ));
         }
         if let Some(period) = self.aae_period_ms()
@@ -643,8 +669,21 @@ mod tests {
         c.storage.tombstone_grace_ms = 82_241;
         c.validate().unwrap();
         c.cluster.aae_interval_ms = 0;
-        c.storage.tombstone_grace_ms = 1001;
+        c.storage.tombstone_grace_ms = 63_000;
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("max_clock_skew_ms"), "{error}");
+        c.storage.tombstone_grace_ms = 63_001;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn node_names_are_bounded() {
+        let mut c = Config::default();
+        c.node.name = "n".repeat(MAX_NODE_NAME_BYTES);
+        c.validate().unwrap();
+        c.node.name.push('n');
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("at most 255"), "{error}");
     }
 
     #[test]

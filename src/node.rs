@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 use crate::aae::{AaeConfig, AaeHandle, RepairLog, Scheduler, spawn_aae};
 use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
 use crate::coordinator::{
-    HintConfig, HintDeliveryHandle, Hints, Keyspaces, LocalStore, LocalStoreConfig, QuorumConfig,
-    QuorumStore, ReplicaHandler, Store, StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
-    spawn_hint_delivery,
+    HintConfig, HintDeliveryHandle, Hints, Keyspaces, LocalStore, LocalStoreConfig,
+    MAX_LATE_WRITES, QuorumConfig, QuorumStore, ReplicaHandler, Store, StoreError, SweepConfig,
+    SweepHandle, spawn_expiry_sweep, spawn_hint_delivery,
 };
 use crate::fault_injection::FaultInjector;
 use crate::http::{
@@ -66,7 +66,7 @@ pub struct Node {
     http: HttpServerHandle,
     peer: Option<PeerServerHandle>,
     membership: Option<MembershipHandle>,
-    hints: Option<(Arc<Hints>, HintDeliveryHandle)>,
+    hints: Option<HintParts>,
     aae: Option<AaeHandle>,
     sweep: SweepHandle,
     fsync_stop_tx: watch::Sender<bool>,
@@ -165,9 +165,6 @@ impl Node {
                 partitions: config.cluster.partitions,
             },
         );
-        let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
-        let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
-            .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
         let (resp, peer, membership, aae, cluster_view, hints) = if config.is_clustered() {
             let parts = start_cluster(&config, engine_kind, store.clone(), faults.as_ref()).await?;
             (
@@ -182,7 +179,12 @@ impl Node {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
             (resp, None, None, None, single_node_view(&config), None)
         };
-        let repair_hints = hints.as_ref().map(|(h, _)| h.clone());
+        let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
+        let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec).then(|| {
+            let hints = hints.as_ref().map(|h| h.hints.clone());
+            tokio::spawn(fsync_every_second(store.clone(), hints, fsync_stop_rx))
+        });
+        let repair_hints = hints.as_ref().map(|h| h.hints.clone());
         let repair_log = aae.as_ref().map(AaeHandle::repair_log);
         let node_name = config.node.name.clone();
         let aae_interval_ms = config.cluster.aae_interval_ms;
@@ -260,10 +262,26 @@ impl Node {
             membership.shutdown().await;
         }
         self.http.shutdown().await;
-        if let Some((hints, delivery)) = self.hints {
+        if let Some(HintParts {
+            hints,
+            delivery,
+            background,
+        }) = self.hints
+        {
+            // NOTE: late replica writes may still be turning into hints;
+            // wait (bounded) for them before the last fsync of the hints.
+            let all = MAX_LATE_WRITES as u32;
+            if tokio::time::timeout(SHUTDOWN_DRAIN, background.acquire_many(all))
+                .await
+                .is_err()
+            {
+                tracing::warn!("background replica writes still running at shutdown");
+            }
             delivery.shutdown().await;
-            if let Err(e) = tokio::task::spawn_blocking(move || hints.sync_to_disk()).await {
-                tracing::error!(error = %e, "fsync of hints failed");
+            match tokio::task::spawn_blocking(move || hints.sync_to_disk()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "fsync of hints at shutdown failed"),
+                Err(e) => tracing::error!(error = %e, "fsync of hints at shutdown: task failed"),
             }
         }
         self.sweep.shutdown().await;
@@ -342,8 +360,19 @@ struct ClusterParts {
     membership: MembershipHandle,
     aae: Option<AaeHandle>,
     view: ViewFn,
-    hints: (Arc<Hints>, HintDeliveryHandle),
+    hints: HintParts,
 }
+
+/// The hinted-handoff parts of a clustered node.
+struct HintParts {
+    hints: Arc<Hints>,
+    delivery: HintDeliveryHandle,
+    /// Permits of the coordinator's background replica writes.
+    background: Arc<tokio::sync::Semaphore>,
+}
+
+/// Longest wait at shutdown for background replica writes to finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// A node alone: it owns every partition and is up.
 fn single_node_view(config: &Config) -> ViewFn {
@@ -406,6 +435,7 @@ async fn start_cluster(
         HintConfig {
             window_ms: config.cluster.hint_window_ms,
             max_bytes_per_target: config.cluster.hint_max_bytes_per_target,
+            sync_each: config.storage.fsync == FsyncPolicy::Always,
         },
         local.hlc().clone(),
     )?);
@@ -433,6 +463,7 @@ async fn start_cluster(
         .with_liveness(is_up.clone())
         .with_background_repair_every(config.cluster.background_read_repair_every),
     );
+    let background = quorum.background_writes();
     let delivery = spawn_hint_delivery(
         hints.clone(),
         transport.clone(),
@@ -496,7 +527,11 @@ async fn start_cluster(
         membership: membership_handle,
         aae,
         view,
-        hints: (hints, delivery),
+        hints: HintParts {
+            hints,
+            delivery,
+            background,
+        },
     })
 }
 
@@ -569,8 +604,13 @@ async fn start_resp<S: Store>(
         .map_err(bind_err)
 }
 
-/// The `everysec` policy: fsync once a second off the request path.
-async fn fsync_every_second(store: Arc<LocalStore>, mut stop_rx: watch::Receiver<bool>) {
+/// The `everysec` policy: fsync the data (and the hints, in a cluster) once
+/// a second off the request path.
+async fn fsync_every_second(
+    store: Arc<LocalStore>,
+    hints: Option<Arc<Hints>>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -579,7 +619,12 @@ async fn fsync_every_second(store: Arc<LocalStore>, mut stop_rx: watch::Receiver
             _ = stop_rx.changed() => return,
         }
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.sync_to_disk()).await {
+        let hints = hints.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            store.sync_to_disk()?;
+            hints.map_or(Ok(()), |h| h.sync_to_disk())
+        });
+        match synced.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "background fsync failed"),
             Err(e) => tracing::error!(error = %e, "background fsync task failed"),

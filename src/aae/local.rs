@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::tree::{self, BRANCHES, SEGMENTS, record_hash, segment_of};
-use super::{MAX_BATCH_BYTES, MAX_KEYS_BYTES};
+use super::{MAX_BATCH_BYTES, MAX_KEYS_BYTES, MAX_SEGMENTS_PER_REQUEST};
 use crate::coordinator::{KeyspaceId, LocalStore, Store, StoreError};
 use crate::net::{AaeRequest, AaeResponse, KeyDigest};
 use crate::storage::keys;
@@ -23,24 +23,15 @@ pub(crate) type Listing = Vec<KeyDigest>;
 /// The keyspace's id on this node, by name.
 pub(crate) fn keyspace_id(store: &LocalStore, name: &str) -> Result<KeyspaceId, String> {
     Store::keyspaces(store)
-        .iter()
-        .position(|k| k.name == name)
+        .by_name(name)
         .ok_or_else(|| format!("unknown keyspace {name:?} on this node"))
 }
 
 /// `[start, end)` of the storage keys of one keyspace in one partition.
 fn keyspace_range(partition: u16, keyspace: &str) -> (Vec<u8>, Option<Vec<u8>>) {
     let start = keys::encode(partition, keyspace, b"");
-    // The smallest key above every key with this prefix: bump the last
-    // byte that is not 0xff and drop the rest.
-    let mut end = start.clone();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return (start, Some(end));
-        }
-    }
-    (start, None)
+    let end = keys::prefix_end(&start);
+    (start, end)
 }
 
 /// True when `record` has been dead since before `cutoff_ms`: past the
@@ -205,6 +196,15 @@ async fn serve_keys(
     if let Some(bad) = segments.iter().find(|&&s| usize::from(s) >= SEGMENTS) {
         return Err(format!("segment {bad} out of range"));
     }
+    if segments.len() > MAX_SEGMENTS_PER_REQUEST {
+        return Err(format!(
+            "{} segments asked at once: at most {MAX_SEGMENTS_PER_REQUEST}",
+            segments.len()
+        ));
+    }
+    let mut segments = segments;
+    segments.sort_unstable();
+    segments.dedup();
     let store = store.clone();
     let listed =
         blocking(move || list_segments(&store, ks, partition, &segments, purgeable_before_ms))

@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::StoreError;
 use crate::net::{Request, Response, Transport};
+use crate::storage::keys::prefix_end;
 use crate::storage::{Durability, Engine, StorageError};
 use crate::version::Hlc;
 
@@ -38,6 +39,10 @@ pub struct HintConfig {
     pub window_ms: u64,
     /// Most bytes of hints kept per target.
     pub max_bytes_per_target: u64,
+    /// fsync every hint before it is acknowledged (`fsync = always`);
+    /// otherwise hints reach the OS at once and the disk with the node's
+    /// periodic fsync.
+    pub sync_each: bool,
 }
 
 /// One target's queue as `GET /v1/repair` shows it.
@@ -54,6 +59,9 @@ pub struct HintQueue {
     /// Hints for it dropped since start-up (too old, or the queue full).
     pub dropped: u64,
 }
+
+/// Format of a stored hint: this byte, then the postcard of [`StoredHint`].
+const HINT_FORMAT: u8 = 1;
 
 /// What is stored per hint.
 #[derive(Debug, Serialize, Deserialize)]
@@ -91,18 +99,6 @@ fn queue_prefix(target: &str) -> Vec<u8> {
     prefix
 }
 
-/// The first key after every key that starts with `prefix` (`None`: none).
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 /// The target and sequence number of a stored hint key.
 fn decode_key(raw: &[u8]) -> Option<(&str, u64)> {
     let (&len, rest) = raw.split_first()?;
@@ -114,6 +110,19 @@ fn decode_key(raw: &[u8]) -> Option<(&str, u64)> {
 
 fn codec_error(e: postcard::Error) -> StoreError {
     StoreError::Storage(StorageError::Task(format!("hint codec: {e}")))
+}
+
+fn encode_hint(hint: &StoredHint) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(hint, vec![HINT_FORMAT]).map_err(codec_error)
+}
+
+/// A stored hint, or `None` when its bytes are not a hint this version
+/// reads (it is then dropped and counted, never retried forever).
+fn decode_hint(raw: &[u8]) -> Option<StoredHint> {
+    match raw.split_first() {
+        Some((&HINT_FORMAT, body)) => postcard::from_bytes(body).ok(),
+        _ => None,
+    }
 }
 
 /// Hints read from a queue at once.
@@ -129,6 +138,10 @@ pub struct Delivery {
     pub delivered: u64,
     /// Hints dropped as older than the window.
     pub expired: u64,
+    /// Hints dropped because the target answered with a refusal.
+    pub refused: u64,
+    /// Hints dropped because they could not be decoded.
+    pub corrupt: u64,
     /// Why delivery stopped early, if it did.
     pub failed: Option<String>,
 }
@@ -148,11 +161,16 @@ impl Hints {
             let Some((last, _)) = page.last() else { break };
             cursor = crate::storage::keys::successor(last);
             for (raw_key, raw_value) in &page {
-                let Some((target, seq)) = decode_key(raw_key) else {
+                let (Some((target, seq)), Some(hint)) =
+                    (decode_key(raw_key), decode_hint(raw_value))
+                else {
+                    tracing::warn!("unreadable hint dropped at start-up");
+                    metrics::counter!("ringkv_hints_dropped_total", "reason" => "corrupt")
+                        .increment(1);
+                    engine.remove(raw_key)?;
                     continue;
                 };
                 max_seq = max_seq.max(Some(seq));
-                let hint: StoredHint = postcard::from_bytes(raw_value).map_err(codec_error)?;
                 let queue = queues.entry(target.to_owned()).or_default();
                 queue.hints += 1;
                 queue.bytes += (raw_key.len() + raw_value.len()) as u64;
@@ -190,7 +208,7 @@ impl Hints {
             key: Bytes::copy_from_slice(key),
             record,
         };
-        let value = postcard::to_allocvec(&hint).map_err(codec_error)?;
+        let value = encode_hint(&hint)?;
         let mut raw_key = queue_prefix(target);
         raw_key.extend_from_slice(&self.next_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let size = (raw_key.len() + value.len()) as u64;
@@ -208,13 +226,22 @@ impl Hints {
                 );
                 return Ok(false);
             }
+        }
+        self.engine.put(raw_key.into(), value.into())?;
+        // NOTE: into the OS at once, so a crash of this process keeps it;
+        // onto the disk now only under `fsync = always`.
+        self.engine.flush(if self.config.sync_each {
+            Durability::Sync
+        } else {
+            Durability::Buffer
+        })?;
+        {
+            let mut queues = self.queues.lock();
+            let queue = queues.entry(target.to_owned()).or_default();
             queue.hints += 1;
             queue.bytes += size;
             queue.oldest_ms.get_or_insert(created_ms);
         }
-        self.engine.put(raw_key.into(), value.into())?;
-        // NOTE: into the OS at once, so a crash of this process keeps it.
-        self.engine.flush(Durability::Buffer)?;
         metrics::counter!("ringkv_hints_stored_total").increment(1);
         self.publish_gauges();
         Ok(true)
@@ -235,7 +262,7 @@ impl Hints {
             .collect()
     }
 
-    /// fsyncs the hints (shutdown and the `everysec` task).
+    /// fsyncs the hints (shutdown, and the node's once-a-second fsync).
     pub fn sync_to_disk(&self) -> Result<(), StoreError> {
         Ok(self.engine.flush(Durability::Sync)?)
     }
@@ -251,6 +278,7 @@ impl Hints {
     }
 
     fn forget(&self, target: &str, raw_key: &[u8], size: u64, delivered: bool) {
+        // NOTE: counters only; the caller counts the drop reason in metrics.
         if let Err(e) = self.engine.remove(raw_key) {
             tracing::error!(error = %e, "could not remove a hint");
             return;
@@ -294,7 +322,11 @@ impl Hints {
             let mut live = Vec::with_capacity(page.len());
             for (raw_key, raw_value) in page {
                 let size = (raw_key.len() + raw_value.len()) as u64;
-                let hint: StoredHint = postcard::from_bytes(&raw_value).map_err(codec_error)?;
+                let Some(hint) = decode_hint(&raw_value) else {
+                    self.forget(target, &raw_key, size, false);
+                    report.corrupt += 1;
+                    continue;
+                };
                 if now.saturating_sub(hint.created_ms) > self.config.window_ms {
                     self.forget(target, &raw_key, size, false);
                     report.expired += 1;
@@ -321,7 +353,17 @@ impl Hints {
                             report.delivered += 1;
                         }
                         Ok(other) => {
-                            report.failed.get_or_insert(format!("refused: {other:?}"));
+                            // NOTE: the target answered and refused this
+                            // write (clock skew, unknown keyspace, bad
+                            // record): retrying cannot help, and keeping it
+                            // would block the queue behind it.
+                            tracing::warn!(
+                                target_node = target,
+                                answer = ?other,
+                                "hint refused by its target: dropped"
+                            );
+                            self.forget(target, raw_key, *size, false);
+                            report.refused += 1;
                         }
                         Err(e) => {
                             report.failed.get_or_insert(e.to_string());
@@ -336,6 +378,10 @@ impl Hints {
         metrics::counter!("ringkv_hints_delivered_total").increment(report.delivered);
         metrics::counter!("ringkv_hints_dropped_total", "reason" => "expired")
             .increment(report.expired);
+        metrics::counter!("ringkv_hints_dropped_total", "reason" => "refused")
+            .increment(report.refused);
+        metrics::counter!("ringkv_hints_dropped_total", "reason" => "corrupt")
+            .increment(report.corrupt);
         self.publish_gauges();
         Ok(report)
     }
@@ -354,11 +400,13 @@ impl Hints {
                 let Some((last, _)) = page.last() else { break };
                 cursor = crate::storage::keys::successor(last);
                 for (raw_key, raw_value) in page {
-                    let hint: StoredHint = postcard::from_bytes(&raw_value).map_err(codec_error)?;
-                    if now.saturating_sub(hint.created_ms) <= self.config.window_ms {
+                    let size = (raw_key.len() + raw_value.len()) as u64;
+                    // NOTE: an unreadable hint is dropped like an expired one.
+                    if let Some(hint) = decode_hint(&raw_value)
+                        && now.saturating_sub(hint.created_ms) <= self.config.window_ms
+                    {
                         break 'queue;
                     }
-                    let size = (raw_key.len() + raw_value.len()) as u64;
                     self.forget(&target, &raw_key, size, false);
                     dropped += 1;
                 }
@@ -417,16 +465,25 @@ pub fn spawn_hint_delivery<T: Transport>(
                     continue;
                 }
                 match hints.deliver(&target, &*transport, HINTS_PER_ROUND).await {
-                    Ok(report) if report.delivered > 0 || report.failed.is_some() => {
+                    Ok(report) if report.delivered > 0 => {
                         tracing::info!(
                             target_node = %target,
                             delivered = report.delivered,
                             expired = report.expired,
-                            failed = report.failed.as_deref().unwrap_or(""),
+                            refused = report.refused,
+                            stopped_by = report.failed.as_deref().unwrap_or(""),
                             "hinted handoff"
                         );
                     }
-                    Ok(_) => {}
+                    Ok(report) => {
+                        // NOTE: debug: a target gossip sees up but that does not
+                        // answer yet would log this every second.
+                        tracing::debug!(
+                            target_node = %target,
+                            failed = report.failed.as_deref().unwrap_or(""),
+                            "no hint delivered this round"
+                        );
+                    }
                     Err(e) => {
                         tracing::error!(target_node = %target, error = %e, "hint delivery failed")
                     }
@@ -459,6 +516,9 @@ mod tests {
             let Request::Write { key, .. } = request else {
                 return Ok(Response::Error("unexpected".into()));
             };
+            if key.starts_with(b"refuse") {
+                return Ok(Response::Error("timestamp too far ahead".into()));
+            }
             self.got.lock().push((to.to_owned(), key));
             Ok(Response::Written)
         }
@@ -468,6 +528,7 @@ mod tests {
         HintConfig {
             window_ms: 10_000,
             max_bytes_per_target: 1 << 20,
+            sync_each: false,
         }
     }
 
@@ -524,6 +585,7 @@ mod tests {
         let small = HintConfig {
             window_ms: 10_000,
             max_bytes_per_target: 200,
+            sync_each: false,
         };
         let hints = Hints::open(Arc::new(MemoryEngine::new()), small, hlc(&clock)).unwrap();
         let record = Bytes::from(vec![7u8; 60]);
@@ -591,6 +653,48 @@ mod tests {
             ["a", "b", "c"],
             "sequence numbers continue after a restart"
         );
+    }
+
+    #[tokio::test]
+    async fn refused_and_unreadable_hints_are_dropped_without_blocking_the_queue() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let engine = Arc::new(MemoryEngine::new());
+        let hints = Hints::open(engine.clone(), config(), hlc(&clock)).unwrap();
+        hints
+            .add("node2", "default", b"a", Bytes::from_static(b"r"))
+            .unwrap();
+        hints
+            .add("node2", "default", b"refuse-me", Bytes::from_static(b"r"))
+            .unwrap();
+        hints
+            .add("node2", "default", b"b", Bytes::from_static(b"r"))
+            .unwrap();
+        // A hint of an unknown format (a newer version, or damage).
+        let mut raw_key = queue_prefix("node2");
+        raw_key.extend_from_slice(&u64::MAX.to_be_bytes());
+        engine
+            .put(raw_key.into(), Bytes::from_static(b"\x09junk"))
+            .unwrap();
+        let hints = Hints::open(engine, config(), hlc(&clock)).unwrap();
+        assert_eq!(
+            hints.queues()["node2"].hints,
+            3,
+            "the unreadable one is dropped at open"
+        );
+
+        let net = Recorder::default();
+        *net.up.lock() = true;
+        let report = hints.deliver("node2", &net, 100).await.unwrap();
+        assert_eq!((report.delivered, report.refused), (2, 1));
+        assert_eq!(report.failed, None);
+        let keys: Vec<Bytes> = net.got.lock().iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(
+            keys,
+            ["a", "b"],
+            "the refused hint did not stop the one behind it"
+        );
+        assert_eq!(hints.queues()["node2"].hints, 0);
+        assert_eq!(hints.queues()["node2"].dropped, 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use commit::CommitError;
 pub use hints::{Delivery, HintConfig, HintDeliveryHandle, HintQueue, Hints, spawn_hint_delivery};
 pub use level::{Consistency, Level};
 pub use local::{LocalStore, LocalStoreConfig};
-pub use quorum::{Liveness, QuorumConfig, QuorumError, QuorumStore};
+pub use quorum::{Liveness, MAX_LATE_WRITES, QuorumConfig, QuorumError, QuorumStore};
 pub use replica::ReplicaHandler;
 pub use sweep::{SweepConfig, SweepHandle, spawn_expiry_sweep};
 
@@ -92,6 +92,11 @@ impl Keyspaces {
             .parse::<usize>()
             .ok()
             .filter(|&i| i < self.list.len())
+    }
+
+    /// Looks a keyspace up by its exact name (as peers send it).
+    pub fn by_name(&self, name: &str) -> Option<KeyspaceId> {
+        self.list.iter().position(|k| k.name == name)
     }
 
     /// The keyspace's configuration. Ids come from [`Keyspaces::resolve`].

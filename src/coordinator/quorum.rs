@@ -2,11 +2,23 @@
 //!
 //! A write is stamped with this node's HLC, sent to all `n` primaries of the
 //! key's partition in parallel and acknowledged once `w` of them merged it;
-//! the rest finish in the background. A read asks the primaries and answers
-//! once `r` replied, with the merge of what they hold. Only primaries count
-//! (strict quorum). Invariant: with `r + w > n`, a read that starts after a
-//! write was acknowledged meets at least one replica holding it, and merge
-//! keeps the newest version, so it never returns anything older.
+//! the rest finish in the background. A primary that cannot be reached gets
+//! a hint (docs/design/handoff.md): kept by this node, or, for a `sloppy`
+//! write, by a live fallback whose stored hint counts toward `w`. A read asks
+//! `r` primaries (this node first, then those gossip says are up) and
+//! answers with the merge of what they hold, after writing it back to the
+//! stale ones it read; one read in `repair_every` also repairs the others
+//! in the background.
+//!
+//! Invariants:
+//! - With `r + w > n` and strict quorum, a read that starts after a write
+//!   was acknowledged meets at least one replica holding it, and merge keeps
+//!   the newest version, so it never returns anything older.
+//! - Only primaries count toward `w` unless the write is sloppy; then each
+//!   counted stand-in holds a durable hint for a distinct failed primary.
+//! - A replica's answer counts toward `r` only if it is a record that decodes
+//!   and whose version is not too far ahead of this node's clock.
+//! - A failed write that left a hint anywhere says it may have been applied.
 
 use std::sync::Arc;
 
@@ -21,7 +33,7 @@ use super::{
 };
 use crate::net::{NetError, Request, Response, Transport};
 use crate::ring::{self, Layout};
-use crate::version::{NodeId, Record, Version};
+use crate::version::{Hlc, NodeId, Record, Version};
 
 /// Why a quorum was not reached: what was needed, what answered, and why
 /// each other replica did not.
@@ -211,6 +223,12 @@ impl<T: Transport> QuorumStore<T> {
         *self.routing.write() = routing;
     }
 
+    /// The permits of the background replica writes and repairs: all
+    /// `MAX_LATE_WRITES` are free once none is running (shutdown waits so).
+    pub fn background_writes(&self) -> Arc<tokio::sync::Semaphore> {
+        self.late_writes.clone()
+    }
+
     /// The layout in force.
     pub fn layout(&self) -> Arc<Layout> {
         self.routing.read().layout.clone()
@@ -264,7 +282,7 @@ impl<T: Transport> QuorumStore<T> {
         primaries: &[Arc<str>],
         request: Request,
         needed: usize,
-    ) -> (Vec<ReplicaResult>, Vec<ReplicaResult>) {
+    ) -> (Vec<(Arc<str>, Option<Record>)>, Vec<ReplicaResult>) {
         let mut order: Vec<Arc<str>> = primaries.to_vec();
         // NOTE: the local replica answers without a network round trip, and
         // a node gossip reports down would only cost a timeout.
@@ -284,17 +302,27 @@ impl<T: Transport> QuorumStore<T> {
             let Some((node, result)) = calls.next().await else {
                 break;
             };
-            match result {
-                Ok(Response::Error(why)) | Err(why) => {
+            match self.accept_record(result) {
+                Ok(record) => good.push((node, record)),
+                Err(why) => {
                     bad.push((node, Err(why)));
                     if let Some(next) = waiting.next() {
                         calls.push(self.call_replica(next, ks, request.clone()));
                     }
                 }
-                Ok(response) => good.push((node, Ok(response))),
             }
         }
         (good, bad)
+    }
+
+    /// A replica's answer to a read as a record, or why it does not count:
+    /// an error, an answer that is not a record, a record that does not
+    /// decode, or a version too far ahead of this node's clock (refused and
+    /// logged by `observe`, never returned or spread by repair). The HLC
+    /// advances past every version accepted, so a write this node stamps
+    /// after reading orders after what it read.
+    fn accept_record(&self, result: Result<Response, String>) -> Result<Option<Record>, String> {
+        accept_record(self.local.hlc(), result)
     }
 
     /// Sends the write to every primary at once and returns once `needed`
@@ -312,7 +340,7 @@ impl<T: Transport> QuorumStore<T> {
         record: Bytes,
         needed: usize,
         sloppy: bool,
-    ) -> (usize, Vec<ReplicaResult>) {
+    ) -> (usize, Vec<ReplicaResult>, bool) {
         let keyspace = self.keyspaces.get(ks).name.clone();
         let hint_for = |target: &Arc<str>| Request::Hint {
             target: target.to_string(),
@@ -335,16 +363,20 @@ impl<T: Transport> QuorumStore<T> {
         let mut calls = FuturesUnordered::new();
         let mut bad = Vec::new();
         let mut unhinted: Vec<Arc<str>> = Vec::new();
+        let mut stand_in_calls = 0;
         for primary in &plan.primaries {
             if sloppy && **primary != *self.me && !(self.is_up)(primary) {
                 bad.push((primary.clone(), Err("down (gossip)".to_string())));
                 match stand_ins.next() {
-                    Some(node) => calls.push(self.call_write(
-                        node,
-                        Some(primary.clone()),
-                        ks,
-                        hint_for(primary),
-                    )),
+                    Some(node) => {
+                        stand_in_calls += 1;
+                        calls.push(self.call_write(
+                            node,
+                            Some(primary.clone()),
+                            ks,
+                            hint_for(primary),
+                        ));
+                    }
                     None => unhinted.push(primary.clone()),
                 }
             } else {
@@ -356,24 +388,34 @@ impl<T: Transport> QuorumStore<T> {
             let Some((node, stand_in_for, result)) = calls.next().await else {
                 break;
             };
-            let why = match result {
+            let (why, refused) = match result {
                 Ok(Response::Written) => {
                     good += 1;
                     continue;
                 }
-                Ok(Response::Error(why)) | Err(why) => why,
-                Ok(other) => format!("unexpected answer {other:?}"),
+                Err(why) => (why, false),
+                Ok(Response::Error(why)) => (why, true),
+                Ok(other) => (format!("unexpected answer {other:?}"), true),
             };
             bad.push((node.clone(), Err(why)));
+            if refused && stand_in_for.is_none() {
+                // NOTE: the primary itself answered and refused the write
+                // (clock skew, unknown keyspace): a hint would be refused too.
+                continue;
+            }
             let target = stand_in_for.unwrap_or(node);
             match if sloppy { stand_ins.next() } else { None } {
                 Some(next) => {
+                    stand_in_calls += 1;
                     let request = hint_for(&target);
                     calls.push(self.call_write(next, Some(target), ks, request));
                 }
                 None => unhinted.push(target),
             }
         }
+        // NOTE: a kept or stood-in hint will reach its primary later, so a
+        // failed write may still be applied.
+        let hinted = !unhinted.is_empty() || stand_in_calls > 0;
         let hints = self.hints.clone();
         let me = self.me.clone();
         let hint_key = key.clone();
@@ -389,12 +431,15 @@ impl<T: Transport> QuorumStore<T> {
             keep_hint(target);
         }
         if calls.is_empty() {
-            return (good, bad);
+            return (good, bad, hinted);
         }
         let finish = async move {
             while let Some((node, stand_in_for, result)) = calls.next().await {
-                if !matches!(result, Ok(Response::Written)) {
-                    keep_hint(&stand_in_for.unwrap_or(node));
+                match (result, stand_in_for) {
+                    (Ok(Response::Written), _) => {}
+                    // A primary's own refusal would refuse its hint too.
+                    (Ok(_), None) => {}
+                    (_, stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
                 }
             }
         };
@@ -414,7 +459,7 @@ impl<T: Transport> QuorumStore<T> {
                 finish.await;
             }
         }
-        (good, bad)
+        (good, bad, hinted)
     }
 
     /// One write call: to `node`, for itself or standing in for a primary.
@@ -505,7 +550,8 @@ impl<T: Transport> QuorumStore<T> {
                     .filter(|p| ***p != *self.me)
                     .cloned()
                     .collect();
-                self.repair_in_background(ks, key.clone(), record.clone(), others);
+                let known = vec![(self.me.clone(), record.clone())];
+                self.repair_in_background(ks, key.clone(), known, others);
             }
             return Ok(record);
         }
@@ -521,16 +567,8 @@ impl<T: Transport> QuorumStore<T> {
         }
         let mut merged: Option<Record> = None;
         let mut seen: Vec<(Arc<str>, Option<Record>)> = Vec::with_capacity(good.len());
-        for (node, response) in good {
-            let record = match response {
-                Ok(Response::Record(Some(raw))) => Some(Record::decode(raw)?),
-                _ => None,
-            };
+        for (node, record) in good {
             if let Some(record) = &record {
-                // NOTE: the HLC advances on every version it sees, so a write
-                // this node stamps after reading orders after what it read. A
-                // version too far ahead is refused (and logged) by observe().
-                let _ = self.local.hlc().observe(record.version.timestamp);
                 merged = Some(match merged {
                     Some(m) => m.merge(record.clone()),
                     None => record.clone(),
@@ -538,19 +576,26 @@ impl<T: Transport> QuorumStore<T> {
             }
             seen.push((node, record));
         }
-        let unread =
-            (seen.len() < plan.primaries.len() && self.sample_background_repair()).then(|| {
-                plan.primaries
+        let background = (seen.len() < plan.primaries.len() && self.sample_background_repair())
+            .then(|| {
+                let unread: Vec<Arc<str>> = plan
+                    .primaries
                     .iter()
                     .filter(|p| !seen.iter().any(|(node, _)| node == *p))
                     .cloned()
-                    .collect::<Vec<_>>()
+                    .collect();
+                // NOTE: the replicas read hold `merged` once repaired below.
+                let known: Vec<(Arc<str>, Option<Record>)> = seen
+                    .iter()
+                    .map(|(node, _)| (node.clone(), merged.clone()))
+                    .collect();
+                (known, unread)
             });
         if let Some(merged) = &merged {
             self.read_repair(ks, key, merged, seen).await;
         }
-        if let Some(unread) = unread {
-            self.repair_in_background(ks, key.clone(), merged.clone(), unread);
+        if let Some((known, unread)) = background {
+            self.repair_in_background(ks, key.clone(), known, unread);
         }
         Ok(merged)
     }
@@ -573,7 +618,7 @@ impl<T: Transport> QuorumStore<T> {
         &self,
         ks: KeyspaceId,
         key: Bytes,
-        merged: Option<Record>,
+        known: Vec<(Arc<str>, Option<Record>)>,
         unread: Vec<Arc<str>>,
     ) {
         let Ok(permit) = self.late_writes.clone().try_acquire_owned() else {
@@ -590,27 +635,19 @@ impl<T: Transport> QuorumStore<T> {
             .collect();
         let repairer = self.repairer();
         tokio::spawn(async move {
-            let mut merged = merged;
-            let mut seen = Vec::new();
+            let mut seen = known;
             for (node, result) in futures_util::future::join_all(reads).await {
-                let Ok(Response::Record(raw)) = result else {
-                    continue;
-                };
-                let record = match raw.map(Record::decode).transpose() {
-                    Ok(record) => record,
-                    Err(e) => {
-                        tracing::warn!(peer = %node, error = %e, "corrupt record in background repair");
-                        continue;
+                match accept_record(repairer.local.hlc(), result) {
+                    Ok(record) => seen.push((node, record)),
+                    Err(why) => {
+                        tracing::debug!(peer = %node, %why, "background repair skips a replica")
                     }
-                };
-                if let Some(record) = &record {
-                    merged = Some(match merged {
-                        Some(m) => m.merge(record.clone()),
-                        None => record.clone(),
-                    });
                 }
-                seen.push((node, record));
             }
+            let merged = seen
+                .iter()
+                .filter_map(|(_, record)| record.clone())
+                .reduce(Record::merge);
             if let Some(merged) = merged {
                 repairer.repair(ks, keyspace, key, &merged, seen).await;
             }
@@ -655,11 +692,15 @@ impl<T: Transport> QuorumStore<T> {
     ) -> Result<(), StoreError> {
         let plan = self.plan(ks, key)?;
         let needed = Self::required(level, plan.n)?;
-        let (good, bad) = self
+        let (good, bad, hinted) = self
             .write_fan_out(ks, key, &plan, record.encode(), needed, sloppy)
             .await;
         if good < needed {
-            return Err(Self::unavailable("write", needed, good, bad, &plan));
+            let mut error = Self::unavailable("write", needed, good, bad, &plan);
+            if let StoreError::Unavailable(q) = &mut error {
+                q.may_have_applied |= hinted;
+            }
+            return Err(error);
         }
         Ok(())
     }
@@ -748,6 +789,22 @@ fn call<T: Transport>(
     }
 }
 
+/// See [`QuorumStore::accept_record`].
+fn accept_record(hlc: &Hlc, result: Result<Response, String>) -> Result<Option<Record>, String> {
+    let raw = match result {
+        Ok(Response::Record(raw)) => raw,
+        Ok(Response::Error(why)) | Err(why) => return Err(why),
+        Ok(other) => return Err(format!("unexpected answer {other:?}")),
+    };
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let record = Record::decode(raw).map_err(|e| format!("corrupt record: {e}"))?;
+    hlc.observe(record.version.timestamp)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(record))
+}
+
 /// The coordinator's own replica answers without the network.
 async fn serve_locally(
     local: &LocalStore,
@@ -774,7 +831,7 @@ async fn serve_locally(
             keyspace,
             key,
             record,
-        } => super::replica::store_hint(hints, &target, &keyspace, &key, record),
+        } => super::replica::store_hint(local, hints, &target, &keyspace, &key, record),
         Request::Aae(_) => Err("anti-entropy requests are not coordinated".into()),
     }
 }
@@ -1017,6 +1074,7 @@ mod tests {
                 let config = crate::coordinator::HintConfig {
                     window_ms: 3_600_000,
                     max_bytes_per_target: 1 << 20,
+                    sync_each: false,
                 };
                 let engine = Arc::new(MemoryEngine::new());
                 Arc::new(Hints::open(engine, config, store.hlc().clone()).unwrap())
@@ -1182,6 +1240,56 @@ mod tests {
             replicas.iter().all(|r| r.held == Ok(first.clone())),
             "{replicas:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_that_left_hints_says_it_may_have_been_applied() {
+        let c = cluster(4);
+        let placement = c.coordinators[0].placement(0, b"k").unwrap();
+        let outsider = Cluster::index(&placement.fallbacks[0]);
+        c.down.lock().extend(placement.primaries.iter().cloned());
+        let err = c.coordinators[outsider]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap_err();
+        let StoreError::Unavailable(q) = &err else {
+            panic!("expected Unavailable, got {err}");
+        };
+        assert_eq!(q.acked, 0);
+        assert!(q.may_have_applied, "hints will apply it: {err}");
+        assert_eq!(c.hints[outsider].queues().len(), 3, "one hint per primary");
+    }
+
+    #[tokio::test]
+    async fn a_replica_answer_from_too_far_in_the_future_does_not_count() {
+        let c = cluster(3);
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap();
+        // n2 holds a version ten hours ahead (written behind the skew guard).
+        let partition = ring::partition_of("default", b"k", 64);
+        let storage_key = crate::storage::keys::encode(partition, "default", b"k");
+        let future = Record::value(
+            Version {
+                timestamp: crate::version::Timestamp::from_ms(1_000_000 + 36_000_000),
+                node: 1,
+            },
+            Bytes::from_static(b"from-the-future"),
+            None,
+        );
+        c.stores[1]
+            .engine()
+            .put(storage_key.into(), future.encode())
+            .unwrap();
+        // n3 is asked instead of the refused n2; nothing from the future is
+        // returned or spread by read repair.
+        let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
+        assert_eq!(got.unwrap().value, "v");
+        let all = levels(Level::All, Level::All);
+        let err = c.coordinators[0].get(0, b"k", all).await.unwrap_err();
+        assert!(err.to_string().contains("n2"), "{err}");
+        assert_eq!(c.stored("n3", b"k").unwrap().live_value(0).unwrap(), "v");
     }
 
     #[tokio::test]

@@ -43,9 +43,13 @@ impl LocalStore {
     }
 }
 
-/// Keeps a sloppy-quorum write for `target`. A full queue is a refusal:
-/// the coordinator must not count a copy that is not kept.
+/// Keeps a sloppy-quorum write for `target`, after checking it as a write
+/// would be checked here (known keyspace, a record that decodes, a version
+/// not too far ahead), so a hint is never kept that its target must refuse.
+/// A full queue is a refusal: the coordinator must not count a copy that is
+/// not kept.
 pub(crate) fn store_hint(
+    store: &LocalStore,
     hints: Option<&Hints>,
     target: &str,
     keyspace: &str,
@@ -53,6 +57,14 @@ pub(crate) fn store_hint(
     record: Bytes,
 ) -> Result<Response, String> {
     let hints = hints.ok_or("this node keeps no hints")?;
+    if Store::keyspaces(store).by_name(keyspace).is_none() {
+        return Err(format!("unknown keyspace {keyspace:?} on this node"));
+    }
+    let decoded = Record::decode(record.clone()).map_err(|e| format!("corrupt record: {e}"))?;
+    store
+        .hlc()
+        .observe(decoded.version.timestamp)
+        .map_err(|e| e.to_string())?;
     match hints.add(target, keyspace, key, record) {
         Ok(true) => Ok(Response::Written),
         Ok(false) => Err(format!("hint queue for {target} is full")),
@@ -80,10 +92,8 @@ impl ReplicaHandler {
     }
 
     fn keyspace(&self, name: &str) -> Result<KeyspaceId, String> {
-        let keyspaces = Store::keyspaces(&*self.store);
-        keyspaces
-            .iter()
-            .position(|k| k.name == name)
+        Store::keyspaces(&*self.store)
+            .by_name(name)
             .ok_or_else(|| format!("unknown keyspace {name:?} on this node"))
     }
 
@@ -118,7 +128,14 @@ impl Handler for ReplicaHandler {
                 keyspace,
                 key,
                 record,
-            } => store_hint(self.hints.as_deref(), &target, &keyspace, &key, record),
+            } => store_hint(
+                &self.store,
+                self.hints.as_deref(),
+                &target,
+                &keyspace,
+                &key,
+                record,
+            ),
             Request::Aae(request) => crate::aae::serve(&self.store, request)
                 .await
                 .map(Response::Aae),

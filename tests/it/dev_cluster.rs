@@ -29,10 +29,12 @@ impl Drop for DevCluster {
     }
 }
 
-/// A base port P with P..P+2, P+100..P+102 and P+200..P+202 free.
+/// A base port P with P..P+2, P+100..P+102 and P+200..P+202 free, below
+/// the kernel's ephemeral range (32768 and up) that the other tests' port 0
+/// and `free_ports` draw from, so they cannot take these meanwhile.
 fn free_base() -> u16 {
     for attempt in 0..500u32 {
-        let base = 20_000 + ((std::process::id() * 7919 + attempt * 104_729) % 20_000) as u16;
+        let base = 10_000 + ((std::process::id() * 7919 + attempt * 104_729) % 20_000) as u16;
         let ok = [0u16, 1, 2, 100, 101, 102, 200, 201, 202]
             .iter()
             .all(|off| {
