@@ -877,7 +877,14 @@ impl<T: Transport> Store for QuorumStore<T> {
         let previous = if is_blind(&cmd) {
             None
         } else {
-            let record = self.quorum_read(ks, &key, consistency.read).await?;
+            // NOTE: a sloppy write must succeed while any replica answers,
+            // so the read it decides on (DEL's count, NX, XX, GET) asks one.
+            let level = if consistency.sloppy {
+                Level::One
+            } else {
+                consistency.read
+            };
+            let record = self.quorum_read(ks, &key, level).await?;
             Entry::from_record(record.as_ref(), now)
         };
         let version = Version {
@@ -1240,6 +1247,47 @@ mod tests {
             replicas.iter().all(|r| r.held == Ok(first.clone())),
             "{replicas:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_sloppy_delete_works_with_one_primary_left() {
+        let c = cluster(5);
+        let placement = c.coordinators[0].placement(0, b"k").unwrap();
+        let coordinator = Cluster::index(&placement.primaries[0]);
+        c.coordinators[coordinator]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap();
+        c.down
+            .lock()
+            .extend(placement.primaries[1..].iter().cloned());
+        let sloppy = Consistency {
+            sloppy: true,
+            ..QUORUM
+        };
+        let strict = c.coordinators[coordinator]
+            .write(0, b"k", WriteCmd::Delete, QUORUM)
+            .await;
+        assert!(
+            strict.is_err(),
+            "the strict read before DEL needs 2 replicas"
+        );
+        let out = c.coordinators[coordinator]
+            .write(0, b"k", WriteCmd::Delete, sloppy)
+            .await
+            .unwrap();
+        assert!(out.applied, "DEL saw the value on the live primary");
+        c.down.lock().clear();
+        for (from, hints) in c.hints.iter().enumerate() {
+            for target in hints.targets() {
+                hints
+                    .deliver(&target, &c.net_from(from), 100)
+                    .await
+                    .unwrap();
+            }
+        }
+        let all = levels(Level::All, Level::All);
+        assert_eq!(c.coordinators[0].get(0, b"k", all).await.unwrap(), None);
     }
 
     #[tokio::test]
