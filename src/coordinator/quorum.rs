@@ -27,10 +27,12 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use parking_lot::RwLock;
 
+use super::ReplicaHandler;
 use super::{
     Consistency, Decision, Entry, ExpiryUpdate, Hints, KeyspaceId, Keyspaces, Level, LocalStore,
     Placement, ReplicaView, SetCondition, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
 };
+use crate::net::Handler;
 use crate::net::{NetError, Request, Response, Transport};
 use crate::ring::{self, Layout};
 use crate::version::{Hlc, NodeId, Record, Version};
@@ -86,7 +88,7 @@ pub struct QuorumConfig {
 /// A [`Store`] that replicates over a cluster.
 pub struct QuorumStore<T: Transport> {
     local: Arc<LocalStore>,
-    transport: Arc<T>,
+    replicas: Replicas<T>,
     me: Arc<str>,
     node_id: NodeId,
     partitions: u32,
@@ -182,12 +184,17 @@ impl<T: Transport> QuorumStore<T> {
         layout: Layout,
     ) -> Self {
         let keyspaces = Store::keyspaces(&*local).clone();
+        let me: Arc<str> = config.node_name.into();
         Self {
             routing: RwLock::new(Arc::new(Routing::new(layout, &keyspaces))),
             keyspaces,
+            replicas: Replicas {
+                handler: Arc::new(ReplicaHandler::new(local.clone())),
+                transport,
+                me: me.clone(),
+            },
             local,
-            transport,
-            me: config.node_name.into(),
+            me,
             node_id: config.node_id,
             partitions: config.partitions,
             late_writes: Arc::new(tokio::sync::Semaphore::new(MAX_LATE_WRITES)),
@@ -200,6 +207,8 @@ impl<T: Transport> QuorumStore<T> {
 
     /// Keeps hints for failed primaries in `hints`.
     pub fn with_hints(mut self, hints: Arc<Hints>) -> Self {
+        let handler = ReplicaHandler::new(self.local.clone()).with_hints(hints.clone());
+        self.replicas.handler = Arc::new(handler);
         self.hints = Some(hints);
         self
     }
@@ -278,7 +287,6 @@ impl<T: Transport> QuorumStore<T> {
     /// a healthy read costs `r` requests, not `n`.
     async fn read_fan_out(
         &self,
-        ks: KeyspaceId,
         primaries: &[Arc<str>],
         request: Request,
         needed: usize,
@@ -295,7 +303,7 @@ impl<T: Transport> QuorumStore<T> {
         let mut waiting = order.into_iter();
         let mut calls = FuturesUnordered::new();
         for node in waiting.by_ref().take(needed) {
-            calls.push(self.call_replica(node, ks, request.clone()));
+            calls.push(self.call_replica(node, request.clone()));
         }
         let (mut good, mut bad) = (Vec::new(), Vec::new());
         while good.len() < needed {
@@ -307,7 +315,7 @@ impl<T: Transport> QuorumStore<T> {
                 Err(why) => {
                     bad.push((node, Err(why)));
                     if let Some(next) = waiting.next() {
-                        calls.push(self.call_replica(next, ks, request.clone()));
+                        calls.push(self.call_replica(next, request.clone()));
                     }
                 }
             }
@@ -370,17 +378,12 @@ impl<T: Transport> QuorumStore<T> {
                 match stand_ins.next() {
                     Some(node) => {
                         stand_in_calls += 1;
-                        calls.push(self.call_write(
-                            node,
-                            Some(primary.clone()),
-                            ks,
-                            hint_for(primary),
-                        ));
+                        calls.push(self.call_write(node, Some(primary.clone()), hint_for(primary)));
                     }
                     None => unhinted.push(primary.clone()),
                 }
             } else {
-                calls.push(self.call_write(primary.clone(), None, ks, write.clone()));
+                calls.push(self.call_write(primary.clone(), None, write.clone()));
             }
         }
         let mut good = 0;
@@ -408,7 +411,7 @@ impl<T: Transport> QuorumStore<T> {
                 Some(next) => {
                     stand_in_calls += 1;
                     let request = hint_for(&target);
-                    calls.push(self.call_write(next, Some(target), ks, request));
+                    calls.push(self.call_write(next, Some(target), request));
                 }
                 None => unhinted.push(target),
             }
@@ -467,12 +470,11 @@ impl<T: Transport> QuorumStore<T> {
         &self,
         node: Arc<str>,
         stand_in_for: Option<Arc<str>>,
-        ks: KeyspaceId,
         request: Request,
     ) -> impl std::future::Future<Output = (Arc<str>, Option<Arc<str>>, Result<Response, String>)>
     + Send
     + 'static {
-        let call = self.call_replica(node, ks, request);
+        let call = self.call_replica(node, request);
         async move {
             let (node, result) = call.await;
             (node, stand_in_for, result)
@@ -482,18 +484,9 @@ impl<T: Transport> QuorumStore<T> {
     fn call_replica(
         &self,
         node: Arc<str>,
-        ks: KeyspaceId,
         request: Request,
     ) -> impl std::future::Future<Output = ReplicaResult> + Send + 'static {
-        call(
-            &self.local,
-            self.hints.as_ref(),
-            &self.transport,
-            &self.me,
-            node,
-            ks,
-            request,
-        )
+        self.replicas.call(node, request)
     }
 
     fn unavailable(
@@ -559,9 +552,7 @@ impl<T: Transport> QuorumStore<T> {
             keyspace: self.keyspaces.get(ks).name.clone(),
             key: key.clone(),
         };
-        let (good, bad) = self
-            .read_fan_out(ks, &plan.primaries, request, needed)
-            .await;
+        let (good, bad) = self.read_fan_out(&plan.primaries, request, needed).await;
         if good.len() < needed {
             return Err(Self::unavailable("read", needed, good.len(), bad, &plan));
         }
@@ -631,7 +622,7 @@ impl<T: Transport> QuorumStore<T> {
         };
         let reads: Vec<_> = unread
             .into_iter()
-            .map(|node| self.call_replica(node, ks, read.clone()))
+            .map(|node| self.call_replica(node, read.clone()))
             .collect();
         let repairer = self.repairer();
         tokio::spawn(async move {
@@ -649,7 +640,7 @@ impl<T: Transport> QuorumStore<T> {
                 .filter_map(|(_, record)| record.clone())
                 .reduce(Record::merge);
             if let Some(merged) = merged {
-                repairer.repair(ks, keyspace, key, &merged, seen).await;
+                repairer.repair(keyspace, key, &merged, seen).await;
             }
             drop(permit);
         });
@@ -668,16 +659,14 @@ impl<T: Transport> QuorumStore<T> {
     ) {
         let keyspace = self.keyspaces.get(ks).name.clone();
         self.repairer()
-            .repair(ks, keyspace, key.clone(), merged, seen)
+            .repair(keyspace, key.clone(), merged, seen)
             .await;
     }
 
     fn repairer(&self) -> Repairer<T> {
         Repairer {
             local: self.local.clone(),
-            hints: self.hints.clone(),
-            transport: self.transport.clone(),
-            me: self.me.clone(),
+            replicas: self.replicas.clone(),
         }
     }
 
@@ -706,20 +695,59 @@ impl<T: Transport> QuorumStore<T> {
     }
 }
 
+/// Reaches any replica: this node's own through its [`ReplicaHandler`]
+/// (the same code that serves peers, without the network), the others
+/// through the transport.
+struct Replicas<T> {
+    handler: Arc<ReplicaHandler>,
+    transport: Arc<T>,
+    me: Arc<str>,
+}
+
+impl<T> Clone for Replicas<T> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            transport: self.transport.clone(),
+            me: self.me.clone(),
+        }
+    }
+}
+
+impl<T: Transport> Replicas<T> {
+    /// Sends `request` to `node`: `Err` when it could not be reached, its
+    /// answer (possibly a refusal) otherwise.
+    fn call(
+        &self,
+        node: Arc<str>,
+        request: Request,
+    ) -> impl std::future::Future<Output = ReplicaResult> + Send + 'static {
+        let local = (*node == *self.me).then(|| (self.handler.clone(), self.me.clone()));
+        let transport = self.transport.clone();
+        async move {
+            let result = match local {
+                Some((handler, me)) => Ok(handler.handle(&me, request).await),
+                None => transport
+                    .call(&node, request)
+                    .await
+                    .map_err(|e: NetError| e.to_string()),
+            };
+            (node, result)
+        }
+    }
+}
+
 /// What read repair needs of the coordinator, owned, so it can also run
 /// after the client was answered.
 struct Repairer<T> {
     local: Arc<LocalStore>,
-    hints: Option<Arc<Hints>>,
-    transport: Arc<T>,
-    me: Arc<str>,
+    replicas: Replicas<T>,
 }
 
 impl<T: Transport> Repairer<T> {
     /// Writes `merged` to every replica in `seen` that holds something else.
     async fn repair(
         &self,
-        ks: KeyspaceId,
         keyspace: String,
         key: Bytes,
         merged: &Record,
@@ -738,17 +766,9 @@ impl<T: Transport> Repairer<T> {
             key,
             record: merged.encode(),
         };
-        let repairs = stale.into_iter().map(|node| {
-            call(
-                &self.local,
-                self.hints.as_ref(),
-                &self.transport,
-                &self.me,
-                node,
-                ks,
-                request.clone(),
-            )
-        });
+        let repairs = stale
+            .into_iter()
+            .map(|node| self.replicas.call(node, request.clone()));
         for (node, result) in futures_util::future::join_all(repairs).await {
             match result {
                 Ok(Response::Written) => {
@@ -761,31 +781,6 @@ impl<T: Transport> Repairer<T> {
                 }
             }
         }
-    }
-}
-
-/// Sends `request` to `node`, or serves it from the local replica when
-/// `node` is this node (`me`).
-fn call<T: Transport>(
-    local: &Arc<LocalStore>,
-    hints: Option<&Arc<Hints>>,
-    transport: &Arc<T>,
-    me: &Arc<str>,
-    node: Arc<str>,
-    ks: KeyspaceId,
-    request: Request,
-) -> impl std::future::Future<Output = ReplicaResult> + Send + 'static {
-    let local = (*node == **me).then(|| (local.clone(), hints.cloned()));
-    let transport = transport.clone();
-    async move {
-        let result = match local {
-            Some((local, hints)) => serve_locally(&local, hints.as_deref(), ks, request).await,
-            None => transport
-                .call(&node, request)
-                .await
-                .map_err(|e: NetError| e.to_string()),
-        };
-        (node, result)
     }
 }
 
@@ -803,37 +798,6 @@ fn accept_record(hlc: &Hlc, result: Result<Response, String>) -> Result<Option<R
     hlc.observe(record.version.timestamp)
         .map_err(|e| e.to_string())?;
     Ok(Some(record))
-}
-
-/// The coordinator's own replica answers without the network.
-async fn serve_locally(
-    local: &LocalStore,
-    hints: Option<&Hints>,
-    ks: KeyspaceId,
-    request: Request,
-) -> Result<Response, String> {
-    match request {
-        Request::Ping => Ok(Response::Pong),
-        Request::Read { key, .. } => local
-            .read_stored(ks, &key)
-            .map(|r| Response::Record(r.map(|r| r.encode())))
-            .map_err(|e| e.to_string()),
-        Request::Write { key, record, .. } => {
-            let record = Record::decode(record).map_err(|e| e.to_string())?;
-            local
-                .merge_stored(ks, &key, record)
-                .map_err(|e| e.to_string())?;
-            local.commit().await.map_err(|e| e.to_string())?;
-            Ok(Response::Written)
-        }
-        Request::Hint {
-            target,
-            keyspace,
-            key,
-            record,
-        } => super::replica::store_hint(local, hints, &target, &keyspace, &key, record),
-        Request::Aae(_) => Err("anti-entropy requests are not coordinated".into()),
-    }
 }
 
 /// True when a command's effect does not depend on the current value, so
@@ -916,7 +880,7 @@ impl<T: Transport> Store for QuorumStore<T> {
     }
 
     async fn commit(&self) -> Result<(), StoreError> {
-        // Replica writes commit before they acknowledge (see serve_locally).
+        // Replica writes commit before they acknowledge (ReplicaHandler).
         Ok(())
     }
 
@@ -945,7 +909,7 @@ impl<T: Transport> Store for QuorumStore<T> {
         let reads = plan
             .primaries
             .iter()
-            .map(|node| self.call_replica(node.clone(), ks, read.clone()));
+            .map(|node| self.call_replica(node.clone(), read.clone()));
         Ok(futures_util::future::join_all(reads)
             .await
             .into_iter()
