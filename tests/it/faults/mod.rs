@@ -23,12 +23,7 @@ use crate::checker::Regime;
 use crate::cluster::{TestCluster, wait_for_liveness};
 use crate::handoff::inspect;
 use crate::support::{err, http_get, http_post, ok, start_node, unix_ms};
-use workload::{Convergence, NODES, Scenario, secs};
-
-/// Anti-entropy runs in the scenarios (every ~3 s): a wiped node must be
-/// refilled without any read, and the kill-and-wipe scenario asserts
-/// convergence before its final reads.
-const ANTI_ENTROPY_MERGED: bool = true;
+use workload::{NODES, Scenario, secs};
 
 fn name(i: usize) -> String {
     Scenario::node_name(i)
@@ -55,7 +50,7 @@ async fn a_primary_paused_during_writes_gets_its_hints_and_converges_after_resum
         "RINGKV_TEST_SEED={}: no hint delivered to the paused node",
         s.seed
     );
-    s.finish(Convergence::OnTheirOwn).await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +87,7 @@ async fn a_node_cut_off_under_load_is_seen_down_and_converges_after_the_partitio
         name(victim)
     ));
     s.run_for(secs(3, 10)).await;
-    s.finish(Convergence::OnTheirOwn).await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,14 +119,9 @@ async fn a_node_killed_keeps_its_disk_and_a_node_killed_and_wiped_is_refilled() 
     s.restart(wiped);
     s.measure_convergence(via).await;
     s.run_for(secs(3, 10)).await;
-    let convergence = if ANTI_ENTROPY_MERGED {
-        Convergence::OnTheirOwn
-    } else {
-        // Without anti-entropy the wiped node gets back only what hints and
-        // read repair give it; the final reads at `R all` repair the rest.
-        Convergence::NeedsAntiEntropy
-    };
-    s.finish(convergence).await;
+    // NOTE: anti-entropy (every ~3 s in the scenarios) refills the wiped
+    // node without any read; finish() asserts that before its final reads.
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +142,7 @@ async fn rolling_restarts_of_every_node_under_load_lose_no_acknowledged_write() 
             s.run_for(secs(2, 5)).await;
         }
     }
-    s.finish(Convergence::OnTheirOwn).await;
+    s.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +174,7 @@ async fn clock_skew_and_a_slow_lossy_link_under_load_lose_no_acknowledged_write(
     s.heal_links().await;
     s.measure_convergence(far).await;
     s.run_for(secs(2, 5)).await;
-    s.finish(Convergence::OnTheirOwn).await;
+    s.finish().await;
 }
 
 /// A write through node `i` carries a version `offset_ms` ahead of real time.

@@ -72,16 +72,6 @@ fn key_name(prefix: &str, key: usize) -> String {
     format!("{prefix}-{key}")
 }
 
-/// How replicas must converge after the faults heal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Convergence {
-    /// By hints and background repair alone, before any final read.
-    OnTheirOwn,
-    /// Only once anti-entropy exists (a wiped node): measured and reported,
-    /// asserted only after the final reads (which read-repair every key).
-    NeedsAntiEntropy,
-}
-
 /// One running scenario.
 pub(crate) struct Scenario {
     pub name: &'static str,
@@ -370,7 +360,7 @@ impl Scenario {
     /// `convergence` says anti-entropy is needed), every key reads the same
     /// through every node at `R all` and every replica holds that value,
     /// and the history has no lost write and no stale read.
-    pub(crate) async fn finish(mut self, convergence: Convergence) {
+    pub(crate) async fn finish(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         let mut history = Vec::new();
         for c in std::mem::take(&mut self.clients) {
@@ -381,23 +371,14 @@ impl Scenario {
         let keys: Vec<String> = (0..KEYS).map(|k| key_name(self.name, k)).collect();
         let mut con = self.cluster.node(0).conn().await;
         let stopped = Instant::now();
-        let alone = match convergence {
-            Convergence::OnTheirOwn => CONVERGE_BOUND,
-            // NOTE: a short look only; the bound applies after the final reads.
-            Convergence::NeedsAntiEntropy => Duration::from_secs(3),
-        };
-        match wait_converged(&mut con, &keys, alone).await {
+        // Replicas converge by hints, background repair and anti-entropy
+        // alone, before any final read.
+        match wait_converged(&mut con, &keys, CONVERGE_BOUND).await {
             Ok(took) => self.note(&format!(
                 "replicas converged on their own {took:?} after the load stopped, {:?} after \
                  the last heal (bound {CONVERGE_BOUND:?})",
                 self.healed.elapsed()
             )),
-            Err((key, replicas)) if convergence == Convergence::NeedsAntiEntropy => {
-                self.note(&format!(
-                    "not converged without reads after {alone:?} (needs anti-entropy): {key} \
-                     {replicas:?}"
-                ));
-            }
             Err((key, replicas)) => panic!(
                 "RINGKV_TEST_SEED={}: {key} did not converge within {CONVERGE_BOUND:?} of the \
                  load stopping: {replicas:?}; {}",
