@@ -567,21 +567,28 @@ impl<T: Transport> QuorumStore<T> {
             }
             seen.push((node, record));
         }
-        let background = (seen.len() < plan.primaries.len() && self.sample_background_repair())
-            .then(|| {
-                let unread: Vec<Arc<str>> = plan
-                    .primaries
-                    .iter()
-                    .filter(|p| !seen.iter().any(|(node, _)| node == *p))
-                    .cloned()
-                    .collect();
-                // NOTE: the replicas read hold `merged` once repaired below.
-                let known: Vec<(Arc<str>, Option<Record>)> = seen
-                    .iter()
-                    .map(|(node, _)| (node.clone(), merged.clone()))
-                    .collect();
-                (known, unread)
-            });
+        // NOTE: replicas that disagree suggest the unread ones are stale
+        // too, so they are always checked; otherwise one read in
+        // `repair_every` checks them.
+        let disagree = seen
+            .iter()
+            .any(|(_, record)| record.as_ref() != merged.as_ref());
+        let background = (seen.len() < plan.primaries.len()
+            && (disagree || self.sample_background_repair()))
+        .then(|| {
+            let unread: Vec<Arc<str>> = plan
+                .primaries
+                .iter()
+                .filter(|p| !seen.iter().any(|(node, _)| node == *p))
+                .cloned()
+                .collect();
+            // NOTE: the replicas read hold `merged` once repaired below.
+            let known: Vec<(Arc<str>, Option<Record>)> = seen
+                .iter()
+                .map(|(node, _)| (node.clone(), merged.clone()))
+                .collect();
+            (known, unread)
+        });
         if let Some(merged) = &merged {
             self.read_repair(ks, key, merged, seen).await;
         }
@@ -1302,6 +1309,43 @@ mod tests {
         let err = c.coordinators[0].get(0, b"k", all).await.unwrap_err();
         assert!(err.to_string().contains("n2"), "{err}");
         assert_eq!(c.stored("n3", b"k").unwrap().live_value(0).unwrap(), "v");
+    }
+
+    #[tokio::test]
+    async fn replicas_that_disagree_get_the_unread_ones_repaired_in_the_background() {
+        let c = cluster(3);
+        let all = levels(Level::All, Level::All);
+        let one = levels(Level::One, Level::One);
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), all)
+            .await
+            .unwrap();
+        c.down.lock().insert("n3".into());
+        c.coordinators[0]
+            .write(0, b"k", set(b"w"), QUORUM)
+            .await
+            .unwrap();
+        c.down.lock().insert("n2".into());
+        c.coordinators[0]
+            .write(0, b"k", set(b"x"), one)
+            .await
+            .unwrap();
+        c.down.lock().clear();
+        c.settle().await;
+        // n1 holds x, n2 w, n3 v (its hints are never delivered here). A
+        // quorum read through n1 reads n1 and n2 (gossip puts n3 last,
+        // though it answers): they disagree, so n3 is checked after the
+        // answer even with sampling off.
+        c.gossip_down.lock().insert("n3".into());
+        let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
+        assert_eq!(got.unwrap().value, "x");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(c.stored("n2", b"k"), c.stored("n1", b"k"), "read, repaired");
+        assert_eq!(
+            c.stored("n3", b"k"),
+            c.stored("n1", b"k"),
+            "not read, repaired in the background"
+        );
     }
 
     #[tokio::test]
