@@ -14,7 +14,11 @@ mod dev_cluster;
 
 // NOTE: glibc's allocator grows per-thread arenas with an mprotect(2) per
 // step, which cost a syscall per request batch while fjall's memtable grew;
-// mimalloc does not (measured in bench/RESULTS.md).
+// mimalloc does not (measured in bench/RESULTS.md). Built with `no_thp`:
+// mimalloc otherwise asks for transparent huge pages, and every arena page
+// it frees and touches again then faults in a zeroed 2 MiB page; in a
+// 3-node dev cluster that was 4% of all CPU and doubled write p99 (5 ms to
+// 2-3 ms without it, same throughput).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
