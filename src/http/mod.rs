@@ -6,6 +6,7 @@
 //! Invariant: gauges that are cheap to read at scrape time (keys, engine
 //! bytes) are set just before rendering, so they are never stale.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -14,18 +15,14 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-
-use crate::fault_injection::{FaultInjector, FaultSpec};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
-
 use crate::coordinator::{HintQueue, StoreStats};
+use crate::fault_injection::{FaultInjector, FaultSpec};
 use crate::membership::ClusterView;
 
 /// Repair activity on one node (`GET /v1/repair`).
@@ -179,14 +176,14 @@ async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
 async fn cluster(State(state): State<HttpState>) -> impl IntoResponse {
     let view = (state.cluster)();
     let body = serde_json::to_string_pretty(&view)
-        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
 async fn repair(State(state): State<HttpState>) -> impl IntoResponse {
     let view = (state.repair)();
     let body = serde_json::to_string_pretty(&view)
-        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
@@ -196,7 +193,7 @@ fn json_reply(status: StatusCode, body: String) -> axum::response::Response {
 
 fn faults_json(faults: &FaultInjector) -> String {
     serde_json::to_string(&faults.current())
-        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()))
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
 }
 
 /// `GET /v1/debug/faults`: the faults in force.
