@@ -995,6 +995,8 @@ mod tests {
         stores: Vec<Arc<LocalStore>>,
         hints: Vec<Arc<Hints>>,
         replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
+        /// Every node's wall clock (one, so tests control time).
+        clock: Arc<ManualClock>,
     }
 
     impl Cluster {
@@ -1103,6 +1105,7 @@ mod tests {
             stores,
             hints,
             replicas,
+            clock,
         }
     }
 
@@ -1438,6 +1441,9 @@ mod tests {
             .await
             .unwrap();
         c.down.lock().clear();
+        // NOTE: n2 never saw n1's versions; without time passing its write
+        // could be versioned older (LWW by clock, docs/design/quorum.md).
+        c.clock.advance(1);
         c.coordinators[1]
             .write(0, b"k", set(b"w"), QUORUM)
             .await
