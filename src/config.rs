@@ -61,6 +61,10 @@ pub struct NodeConfig {
     pub gossip_addr: Option<SocketAddr>,
     /// Password clients must give with AUTH before anything else. Default: none.
     pub requirepass: Option<String>,
+    /// Bearer token the HTTP admin routes (`/v1/...`) require in an
+    /// `Authorization: Bearer <token>` header; `/health` and `/metrics` stay
+    /// open. Default: none (the admin routes are open too).
+    pub http_token: Option<String>,
     /// Threads serving requests; 0 means one per CPU core. Default: 0.
     pub worker_threads: usize,
 }
@@ -74,6 +78,7 @@ impl Default for NodeConfig {
             peer_addr: SocketAddr::from(([127, 0, 0, 1], 7381)),
             gossip_addr: None,
             requirepass: None,
+            http_token: None,
             worker_threads: 0,
         }
     }
@@ -372,6 +377,12 @@ impl Config {
                 "node name {long:?} is {} bytes: at most {MAX_NODE_NAME_BYTES}",
                 long.len()
             ));
+        }
+        if self.node.http_token.as_deref() == Some("") {
+            return fail(
+                "node.http_token is empty: remove it to leave the admin routes open, or set a token"
+                    .into(),
+            );
         }
         if self.node.requirepass.as_deref() == Some("") {
             return fail(

@@ -206,6 +206,7 @@ impl Node {
             metrics,
             cluster: cluster_view,
             repair,
+            admin_token: config.node.http_token.as_deref().map(Arc::from),
             faults,
         };
         let http = spawn_http(config.node.http_addr, http_state)

@@ -123,6 +123,8 @@ pub struct HttpState {
     pub cluster: Arc<dyn Fn() -> ClusterView + Send + Sync>,
     /// This node's repair activity.
     pub repair: Arc<dyn Fn() -> RepairView + Send + Sync>,
+    /// The bearer token the admin routes (`/v1/...`) require, if any.
+    pub admin_token: Option<Arc<str>>,
     /// The fault hooks, when `debug.fault_injection` is on (else the
     /// debug routes do not exist: 404).
     pub faults: Option<Arc<FaultInjector>>,
@@ -225,19 +227,61 @@ async fn post_faults(
     }
 }
 
+/// Lets a request to an admin route through only with the configured
+/// bearer token (when one is configured); 401 otherwise.
+async fn require_token(
+    State(state): State<HttpState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(token) = &state.admin_token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
+            let body = serde_json::json!({
+                "error": "this route needs an Authorization: Bearer <node.http_token> header"
+            });
+            return (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::WWW_AUTHENTICATE, "Bearer"),
+                    (header::CONTENT_TYPE, "application/json"),
+                ],
+                body.to_string(),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Binds `addr` and serves until shut down.
 pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<HttpServerHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let mut app = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+    let mut admin = Router::new()
         .route("/v1/cluster", get(cluster))
         .route("/v1/repair", get(repair));
     if state.faults.is_some() {
-        app = app.route("/v1/debug/faults", get(get_faults).post(post_faults));
+        admin = admin.route("/v1/debug/faults", get(get_faults).post(post_faults));
     }
-    let app = app.with_state(state);
+    let admin = admin.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .merge(admin)
+        .with_state(state);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let shutdown = async move {

@@ -4,7 +4,7 @@
 //! NOTE: the metrics recorder is process-wide, so in-process nodes of other
 //! tests add to the same counters; assertions here only rely on increases.
 
-use crate::support::{http_get, ok, start_node};
+use crate::support::{http_get, http_get_with_token, ok, start_node};
 
 /// The value of the sample whose name-and-labels part is exactly `series`.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
@@ -87,5 +87,25 @@ async fn metrics_count_commands_and_expose_gauges() {
         sample(&metrics, "ringkv_engine_bytes").is_some(),
         "{metrics}"
     );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_routes_need_the_bearer_token_when_one_is_set() {
+    let node = start_node(|cfg| cfg.node.http_token = Some("admin-token-0123".into())).await;
+    for path in ["/v1/cluster", "/v1/repair"] {
+        let (status, head, body) = http_get(node.http_addr, path).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert!(head.contains("www-authenticate: bearer"), "{head}");
+        assert!(body.contains("http_token"), "{body}");
+        let (status, _, _) = http_get_with_token(node.http_addr, path, "wrong-token-0123").await;
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let (status, _, body) = http_get_with_token(node.http_addr, path, "admin-token-0123").await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    for open in ["/health", "/metrics"] {
+        let (status, _, _) = http_get(node.http_addr, open).await;
+        assert_eq!(status, 200, "{open} stays open for probes and scrapers");
+    }
     node.shutdown().await;
 }

@@ -339,12 +339,22 @@ impl RawConn {
 /// `GET path` over HTTP/1.1; returns the status code, the lower-cased header
 /// block and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    http_request(addr, "GET", path, "").await
+    http_request(addr, "GET", path, "", "").await
+}
+
+/// `GET path` with `Authorization: Bearer <token>`.
+pub async fn http_get_with_token(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> (u16, String, String) {
+    let header = format!("Authorization: Bearer {token}\r\n");
+    http_request(addr, "GET", path, "", &header).await
 }
 
 /// `POST path` with a JSON `body`; returns what [`http_get`] does.
 pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String, String) {
-    http_request(addr, "POST", path, body).await
+    http_request(addr, "POST", path, body, "").await
 }
 
 async fn http_request(
@@ -352,13 +362,14 @@ async fn http_request(
     method: &str,
     path: &str,
     body: &str,
+    extra_headers: &str,
 ) -> (u16, String, String) {
     let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
         .await
         .expect("http connect timed out")
         .expect("http connect failed");
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra_headers}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );

@@ -36,9 +36,12 @@ pub struct StatusArgs {
     /// Print the raw JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The node's `node.http_token`, when it has one.
+    #[arg(long, env = "RINGKV_HTTP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
-fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
+fn http_get(node: &str, path: &str, token: Option<&str>) -> anyhow::Result<String> {
     let addr: SocketAddr = node
         .to_socket_addrs()
         .with_context(|| format!("bad node address {node:?}"))?
@@ -48,9 +51,10 @@ fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
         format!("cannot reach {addr}: is the node running, and is this its HTTP address?")
     })?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n{auth}\r\n"
     )?;
     let mut raw = String::new();
     stream.take(MAX_RESPONSE_BYTES).read_to_string(&mut raw)?;
@@ -58,6 +62,9 @@ fn http_get(node: &str, path: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .context("malformed HTTP answer")?;
     let status = head.split_whitespace().nth(1).unwrap_or("?");
+    if status == "401" {
+        bail!("{addr}{path} needs the node's http_token: pass --token or set RINGKV_HTTP_TOKEN");
+    }
     if status != "200" {
         bail!("{addr}{path} answered HTTP {status}: {body}");
     }
@@ -168,7 +175,7 @@ fn print_repair(view: &RepairView, now_ms: u64) {
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Status(args) => {
-            let body = http_get(&args.node, "/v1/cluster")?;
+            let body = http_get(&args.node, "/v1/cluster", args.token.as_deref())?;
             if args.json {
                 println!("{body}");
                 return Ok(());
@@ -179,7 +186,7 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ClusterCommand::RepairStatus(args) => {
-            let body = http_get(&args.node, "/v1/repair")?;
+            let body = http_get(&args.node, "/v1/repair", args.token.as_deref())?;
             if args.json {
                 println!("{body}");
                 return Ok(());

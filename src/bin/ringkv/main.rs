@@ -86,6 +86,9 @@ struct ServerArgs {
     /// Password clients must send with AUTH.
     #[arg(long, env = "RINGKV_REQUIREPASS", hide_env_values = true)]
     requirepass: Option<String>,
+    /// Bearer token the HTTP admin routes (/v1/...) require.
+    #[arg(long, env = "RINGKV_HTTP_TOKEN", hide_env_values = true)]
+    http_token: Option<String>,
     /// Largest value in bytes [default: 1048576].
     #[arg(long, env = "RINGKV_MAX_VALUE_BYTES")]
     max_value_bytes: Option<usize>,
@@ -136,6 +139,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.worker_threads {
             node.worker_threads = v;
+        }
+        if self.http_token.is_some() {
+            node.http_token = self.http_token;
         }
         if self.requirepass.is_some() {
             node.requirepass = self.requirepass;
