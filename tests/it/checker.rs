@@ -202,6 +202,19 @@ pub(crate) struct Op {
 /// One client's cached connections, one per node and address.
 pub(crate) type Conns = Vec<Option<(SocketAddr, MultiplexedConnection)>>;
 
+/// Node `wanted` if clients may use it (its address is set), else the next
+/// one that they may; `None` for the address when none may.
+pub(crate) fn live_coordinator(
+    addrs: &[Option<SocketAddr>],
+    wanted: usize,
+) -> (usize, Option<SocketAddr>) {
+    let nodes = addrs.len();
+    (0..nodes)
+        .map(|i| (wanted + i) % nodes)
+        .find_map(|i| addrs[i].map(|a| (i, Some(a))))
+        .unwrap_or((wanted, None))
+}
+
 /// Sends `cmd` to `addr` over the cached connection of `node` (reconnecting
 /// when the address changed); a reply of nil, a bulk string or an integer
 /// (rendered as text) is `Ok`.

@@ -51,7 +51,7 @@ use tokio::sync::watch;
 
 use crate::checker::{
     CLOCK_TICK_SLACK, Conns, FINAL_TASK, Kind, Op, Regime, Rng, acked, assert_no_violations,
-    final_reads, key_regimes, seed, send_bounded, summary, wait_for_full_cluster,
+    final_reads, key_regimes, live_coordinator, seed, send_bounded, summary, wait_for_full_cluster,
 };
 use crate::cluster::TestCluster;
 
@@ -134,17 +134,8 @@ async fn client(task: usize, shared: Arc<Shared>, mut restarted: watch::Receiver
     ops
 }
 
-/// The planned node if it runs, else the next one that does.
-fn coordinator(shared: &Shared, wanted: usize) -> (usize, Option<SocketAddr>) {
-    let addrs = shared.addrs.lock().unwrap();
-    (0..NODES)
-        .map(|i| (wanted + i) % NODES)
-        .find_map(|i| addrs[i].map(|a| (i, Some(a))))
-        .unwrap_or((wanted, None))
-}
-
 async fn run_op(task: usize, seq: usize, plan: Plan, shared: &Shared, conns: &mut Conns) -> Op {
-    let (node, addr) = coordinator(shared, plan.node);
+    let (node, addr) = live_coordinator(&shared.addrs.lock().unwrap(), plan.node);
     let key = key_name(plan.key);
     let value = (plan.kind == Kind::Write).then(|| format!("{task}-{seq}"));
     let mut cmd = match &value {
