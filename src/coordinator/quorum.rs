@@ -310,7 +310,7 @@ impl<T: Transport> QuorumStore<T> {
             let Some((node, result)) = calls.next().await else {
                 break;
             };
-            match self.accept_record(result) {
+            match accept_record(self.local.hlc(), result) {
                 Ok(record) => good.push((node, record)),
                 Err(why) => {
                     bad.push((node, Err(why)));
@@ -321,16 +321,6 @@ impl<T: Transport> QuorumStore<T> {
             }
         }
         (good, bad)
-    }
-
-    /// A replica's answer to a read as a record, or why it does not count:
-    /// an error, an answer that is not a record, a record that does not
-    /// decode, or a version too far ahead of this node's clock (refused and
-    /// logged by `observe`, never returned or spread by repair). The HLC
-    /// advances past every version accepted, so a write this node stamps
-    /// after reading orders after what it read.
-    fn accept_record(&self, result: Result<Response, String>) -> Result<Option<Record>, String> {
-        accept_record(self.local.hlc(), result)
     }
 
     /// Sends the write to every primary at once and returns once `needed`
@@ -791,7 +781,12 @@ impl<T: Transport> Repairer<T> {
     }
 }
 
-/// See [`QuorumStore::accept_record`].
+/// A replica's answer to a read as a record, or why it does not count:
+/// an error, an answer that is not a record, a record that does not
+/// decode, or a version too far ahead of this node's clock (refused and
+/// logged by `observe`, never returned or spread by repair). The HLC
+/// advances past every version accepted, so a write this node stamps
+/// after reading orders after what it read.
 fn accept_record(hlc: &Hlc, result: Result<Response, String>) -> Result<Option<Record>, String> {
     let raw = match result {
         Ok(Response::Record(raw)) => raw,
