@@ -351,13 +351,12 @@ impl<T: Transport> QuorumStore<T> {
             key: key.clone(),
             record: record.clone(),
         };
+        // NOTE: lazy: liveness is asked only when a primary fails.
         let mut stand_ins = plan
             .fallbacks
             .iter()
             .filter(|node| ***node == *self.me || (self.is_up)(node))
-            .cloned()
-            .collect::<Vec<_>>()
-            .into_iter();
+            .cloned();
         let mut calls = FuturesUnordered::new();
         let mut bad = Vec::new();
         let mut unhinted: Vec<Arc<str>> = Vec::new();
