@@ -1,31 +1,38 @@
-//! Claim: the assignment of partitions to nodes behind a [`super::Layout`].
+//! Claim: the replica set of every partition behind a [`super::Layout`].
 //!
-//! Works on node indices only. Given each node's capacity and zone and the
-//! previous owner of every partition (`None` for a new cluster or an owner
-//! that left), it returns an owner for every partition such that:
-//! - each node owns exactly its target, `floor` or `ceil` of its
-//!   capacity-weighted share (the `ceil`s go first to nodes that already hold
-//!   more than the `floor`, so they need not give anything up);
-//! - a partition changes owner only if its owner left or is over target, so
-//!   the number of moves is the minimum, orphans plus surpluses;
-//! - where it can, no node and no zone owns two partitions less than
-//!   `spread` apart, so preference lists are runs of consecutive owners.
+//! Works on node indices only. Each partition gets `r` slots; given each
+//! node's capacity and zone and the previous members of every partition
+//! (already renumbered to this node list, departed nodes dropped), it fills
+//! every slot so that:
+//! - the nodes of a partition are distinct and cover `min(r, zones)`
+//!   distinct zones (distinct zones when there are at least `r`);
+//! - each node holds the floor or the ceiling of its exact share
+//!   (`targets.rs`) whenever the steps below find a way to (the property
+//!   tests check that they do);
+//! - a previous member keeps its slot unless it left or holds more than its
+//!   ceiling, and a node takes new slots only while below its floor unless
+//!   a slot has no other taker, so a change copies close to the fewest
+//!   replicas the balance law allows.
 //!
-//! How: sweeps over the ring hand each open partition (orphaned, or owned by
-//! a node over target) to the node under target that fits there and whose
-//! zone, then itself, has the largest unmet fraction of its target (so zones
-//! take turns around the ring). The first sweeps accept only clean fits (no
-//! node or zone repeats within the window, and the lists reaching the
-//! partition stop at `spread` nodes): the first releases only surplus
-//! partitions whose owner repeats nearby (healing the spread that clusters
-//! of `spread` nodes or fewer cannot have), the second paces releases and
-//! gains evenly around the ring. Later sweeps relax zone, then node
-//! distinctness, and the last takes the least-bad fit, so it always
-//! finishes.
+//! How, in deterministic steps (ties go to the lower node index):
+//! 1. every empty slot takes the fitting node furthest below its share,
+//!    preferring nodes below their floor, then nodes below their ceiling;
+//! 2. sweeps hand slots of nodes above their ceiling to fitting nodes below
+//!    their floor, then below their ceiling, slots filled in this claim
+//!    first (handing those on again copies nothing extra);
+//! 3. a node still outside its bounds trades through the cheapest chain of
+//!    hand-overs `a -> b -> ... -> z`, each taking a slot of the next, so
+//!    only the ends change counts; a chain's cost is the number of slots it
+//!    takes that were kept from the previous layout (0-1 breadth-first
+//!    search).
+//!
+//! Finally each set lists one node per zone first, so any prefix of it
+//! (the primaries for a smaller `n`) has as many distinct zones as it can.
 
-use std::cmp::Ordering;
+use std::collections::VecDeque;
 
 use super::layout::NodeIndex;
+use super::targets::{Demand, replica_bounds, replica_shares};
 
 /// What the claim needs to know about the nodes.
 pub(super) struct ClaimInput<'a> {
@@ -35,352 +42,358 @@ pub(super) struct ClaimInput<'a> {
     pub zones: &'a [u32],
     /// Number of distinct zone ids.
     pub zone_count: usize,
-    /// The preference list length owners are spread for.
-    pub spread: usize,
+    /// Replicas per partition, in `1..=nodes`.
+    pub replicas: usize,
 }
 
-/// Owners for every partition; `previous[p]` is partition `p`'s owner in the
-/// last layout (already renumbered to this node list) or `None`.
-pub(super) fn claim(input: &ClaimInput<'_>, previous: Vec<Option<NodeIndex>>) -> Vec<NodeIndex> {
+/// The members of every partition, `replicas` per partition in slot order,
+/// flattened. `previous[p]` lists partition `p`'s surviving members.
+pub(super) fn claim(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> Vec<NodeIndex> {
     let nodes = input.capacities.len();
-    assert!(nodes > 0, "layouts validate that there is a node");
-    let mut counts = vec![0u32; nodes];
-    for owner in previous.iter().flatten() {
-        counts[usize::from(*owner)] += 1;
-    }
-    let targets = targets(previous.len() as u64, input.capacities, &counts);
-    let zone_sums = |values: &[u32]| {
-        let mut sums = vec![0u64; input.zone_count];
-        for (node, &value) in values.iter().enumerate() {
-            sums[input.zones[node] as usize] += u64::from(value);
-        }
-        sums
-    };
+    assert!(
+        nodes > 0 && (1..=nodes).contains(&input.replicas),
+        "layouts validate that there is a node and clamp replicas to the node count"
+    );
     let mut claim = Claim {
-        zone_targets: zone_sums(&targets),
-        zone_counts: zone_sums(&counts),
-        owners: previous,
-        counts,
-        targets,
+        slots: vec![None; previous.len() * input.replicas],
+        fresh: vec![true; previous.len() * input.replicas],
+        replicas: input.replicas,
+        counts: vec![0; nodes],
+        shares: Vec::new(),
+        bounds: Vec::new(),
         zones: input.zones,
-        node_window: input.spread.min(nodes),
-        zone_window: input.spread.min(input.zone_count),
+        required_zones: input.replicas.min(input.zone_count),
     };
-    let sweeps = [
-        (Level::Clean, Mode::Repair),
-        (Level::Clean, Mode::Paced),
-        (Level::Clean, Mode::Free),
-        (Level::ZoneDistinct, Mode::Free),
-        (Level::NodeDistinct, Mode::Free),
-        (Level::Any, Mode::Free),
-    ];
-    for (level, mode) in sweeps {
-        if claim.is_done() {
-            break;
+    for (p, members) in previous.iter().enumerate() {
+        for &member in members {
+            claim.keep(p, usize::from(member));
         }
-        claim.sweep(level, mode);
     }
-    assert!(claim.is_done(), "the last sweep fills every open partition");
-    claim.owners.into_iter().flatten().collect()
+    let demand = Demand {
+        partitions: previous.len() as u64,
+        replicas: input.replicas,
+        capacities: input.capacities,
+        zones: input.zones,
+        zone_count: input.zone_count,
+    };
+    claim.shares = replica_shares(&demand);
+    claim.bounds = replica_bounds(&claim.shares);
+    claim.fill_empty_slots();
+    for taker in [Tier::BelowFloor, Tier::BelowCeiling] {
+        claim.sweep_surplus(taker, true);
+        claim.sweep_surplus(taker, false);
+    }
+    claim.chain_to_floors();
+    claim.chain_from_ceilings();
+    claim.zones_first();
+    let slots = claim.slots.into_iter();
+    slots.map(|s| to_index(s.unwrap_or(0))).collect()
 }
 
-/// Partitions per node: `floor(Q * capacity / total)`, plus one for as many
-/// nodes as needed to sum to `Q`, chosen among nodes with a fractional share:
-/// first those already above their floor (saves a move), then by the larger
-/// fraction, then by index (name order).
-pub(super) fn targets(partitions: u64, capacities: &[u32], current: &[u32]) -> Vec<u32> {
-    let total: u64 = capacities.iter().map(|&c| u64::from(c)).sum();
-    let exact = |i: usize| partitions * u64::from(capacities[i]);
-    let mut targets: Vec<u32> = (0..capacities.len())
-        .map(|i| (exact(i) / total) as u32)
-        .collect();
-    let given: u64 = targets.iter().map(|&t| u64::from(t)).sum();
-    let extra = (partitions - given) as usize;
-    let mut fractional: Vec<usize> = (0..capacities.len())
-        .filter(|&i| exact(i) % total != 0)
-        .collect();
-    fractional.sort_by_key(|&i| {
-        let above_floor = current.get(i).copied().unwrap_or(0) > targets[i];
-        (!above_floor, std::cmp::Reverse(exact(i) % total), i)
-    });
-    for &i in fractional.iter().take(extra) {
-        targets[i] += 1;
-    }
-    targets
+/// A fixed pseudo-random order of nodes per partition (splitmix64).
+fn scatter(partition: usize, node: usize) -> u64 {
+    let mut x = ((partition as u64) << 32 | node as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
-/// How strict a sweep is about where a node may go.
+fn to_index(node: usize) -> NodeIndex {
+    NodeIndex::try_from(node).expect("node counts are validated to fit NodeIndex")
+}
+
+/// Which nodes may take a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Level {
-    /// No repeats in the window and the lists reaching the spot stay short.
-    Clean,
-    /// No node and no zone repeats within the window.
-    ZoneDistinct,
-    /// No node repeats within the window.
-    NodeDistinct,
-    /// Anything; the least-bad fit wins.
+enum Tier {
+    /// Below the floor of their share.
+    BelowFloor,
+    /// Below the ceiling of their share.
+    BelowCeiling,
+    /// Any node (the slot has no other taker).
     Any,
 }
 
-/// Which partitions of nodes over target a sweep releases. Orphans are
-/// always open.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// Only those where the owner repeats within the window (fixes spread).
-    Repair,
-    /// Those, and each surplus node's partitions evenly around the ring.
-    Paced,
-    /// Any, first come first served.
-    Free,
-}
-
-/// How bad it is to place a node at a partition; lower is better.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Cost {
-    node_repeats: u32,
-    zone_repeats: u32,
-    /// How many preference lists (of `spread` nodes) would include the node
-    /// because of this partition; `spread` when the neighbourhood is clean.
-    reach: u32,
-}
-
 struct Claim<'a> {
-    /// Sum of targets per zone.
-    zone_targets: Vec<u64>,
-    /// Partitions owned per zone.
-    zone_counts: Vec<u64>,
-    owners: Vec<Option<NodeIndex>>,
+    /// Member per slot; partition `p` owns `slots[p * replicas..][..replicas]`.
+    slots: Vec<Option<usize>>,
+    /// Whether a slot's member is new in this claim (so handing it on again
+    /// copies nothing extra).
+    fresh: Vec<bool>,
+    replicas: usize,
     counts: Vec<u32>,
-    targets: Vec<u32>,
+    /// Exact replica share per node.
+    shares: Vec<f64>,
+    /// Floor and ceiling of each share.
+    bounds: Vec<(u32, u32)>,
     zones: &'a [u32],
-    node_window: usize,
-    zone_window: usize,
+    /// Distinct zones a full set must cover: `min(replicas, zones)`.
+    required_zones: usize,
 }
 
 impl Claim<'_> {
-    fn is_done(&self) -> bool {
-        self.owners.iter().all(Option::is_some) && self.counts == self.targets
+    fn set(&self, p: usize) -> &[Option<usize>] {
+        &self.slots[p * self.replicas..(p + 1) * self.replicas]
     }
 
-    fn over_target(&self, node: NodeIndex) -> bool {
-        let node = usize::from(node);
-        self.counts[node] > self.targets[node]
+    fn partitions(&self) -> usize {
+        self.slots.len() / self.replicas
     }
 
-    fn fits(&self, cost: Cost, level: Level) -> bool {
-        match level {
-            Level::Clean => {
-                cost.node_repeats == 0
-                    && cost.zone_repeats == 0
-                    && cost.reach as usize <= self.node_window
-            }
-            Level::ZoneDistinct => cost.node_repeats == 0 && cost.zone_repeats == 0,
-            Level::NodeDistinct => cost.node_repeats == 0,
-            Level::Any => true,
+    /// Keeps a previous member in the first free slot if it still fits.
+    fn keep(&mut self, p: usize, node: usize) {
+        let free = self.set(p).iter().position(Option::is_none);
+        if let Some(s) = free.filter(|&s| self.fits(p, s, node)) {
+            self.put(p * self.replicas + s, node);
+            self.fresh[p * self.replicas + s] = false;
         }
     }
 
-    /// One pass over the ring, handing open partitions to fitting nodes.
-    /// `paced` releases each surplus node's partitions evenly around the ring
-    /// (plus any where it repeats) instead of the first ones found.
-    fn sweep(&mut self, level: Level, mode: Mode) {
-        let mut pace = Pace::new(&self.counts, &self.targets);
-        for p in 0..self.owners.len() {
-            let current = self.owners[p];
-            let mut paced = None;
-            if let Some(owner) = current {
-                if !self.over_target(owner) {
-                    continue;
-                }
-                let due = pace.due(owner);
-                let cost = self.cost(usize::from(owner), p);
-                let repeats = cost.node_repeats + cost.zone_repeats > 0;
-                let release = match mode {
-                    Mode::Repair => repeats,
-                    Mode::Paced => repeats || due,
-                    Mode::Free => true,
-                };
-                if !release {
-                    continue;
-                }
-                paced = (mode != Mode::Free).then_some(&pace);
-            }
-            if let Some(receiver) = self.pick_receiver(p, level, paced) {
-                self.assign(p, receiver);
-                pace.gained(receiver);
-                if let Some(owner) = current {
-                    pace.released(owner);
-                }
-            }
+    fn put(&mut self, slot: usize, node: usize) {
+        if let Some(old) = self.slots[slot] {
+            self.counts[old] -= 1;
         }
+        self.counts[node] += 1;
+        self.slots[slot] = Some(node);
+        self.fresh[slot] = true;
     }
 
-    fn assign(&mut self, p: usize, receiver: usize) {
-        if let Some(old) = self.owners[p] {
-            self.counts[usize::from(old)] -= 1;
-            self.zone_counts[self.zones[usize::from(old)] as usize] -= 1;
-        }
-        self.counts[receiver] += 1;
-        self.zone_counts[self.zones[receiver] as usize] += 1;
-        self.owners[p] = Some(NodeIndex::try_from(receiver).expect("node counts fit NodeIndex"));
-    }
-
-    /// The node under target that fits best at `p`: the least cost at
-    /// [`Level::Any`], otherwise the largest unmet fraction of its target,
-    /// then the largest unmet count, then the lowest index.
-    fn pick_receiver(&self, p: usize, level: Level, paced: Option<&Pace>) -> Option<usize> {
-        let mut best: Option<(usize, Cost)> = None;
-        let q = self.owners.len() as u64;
-        for node in 0..self.counts.len() {
-            if self.counts[node] >= self.targets[node] {
-                continue;
-            }
-            if paced.is_some_and(|pace| !pace.receiver_due(node, p as u64, q)) {
-                continue;
-            }
-            let cost = self.cost(node, p);
-            if !self.fits(cost, level) {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((_, b_cost)) if level == Level::Any && cost != b_cost => cost < b_cost,
-                Some((b, _)) => self.compare_need(node, b) == Ordering::Greater,
-            };
-            if better {
-                best = Some((node, cost));
-            }
-        }
-        best.map(|(node, _)| node)
-    }
-
-    /// Orders nodes by the unmet fraction of their zone's target (so zones
-    /// take turns around the ring), then of their own, then by unmet count.
-    fn compare_need(&self, a: usize, b: usize) -> Ordering {
-        let zone = |n: usize| self.zones[n] as usize;
-        let zone_need = |n: usize| self.zone_targets[zone(n)] - self.zone_counts[zone(n)];
-        let zone_target = |n: usize| self.zone_targets[zone(n)];
-        let need = |n: usize| u64::from(self.targets[n] - self.counts[n]);
-        let target = |n: usize| u64::from(self.targets[n]);
-        let by_zone = (zone_need(a) * zone_target(b)).cmp(&(zone_need(b) * zone_target(a)));
-        let by_node = (need(a) * target(b)).cmp(&(need(b) * target(a)));
-        by_zone.then(by_node).then(need(a).cmp(&need(b)))
-    }
-
-    /// The cost of `node` owning `p`, ignoring `p`'s current owner.
-    fn cost(&self, node: usize, p: usize) -> Cost {
-        let q = self.owners.len();
-        let zone = self.zones[node];
-        let (mut node_repeats, mut zone_repeats) = (0, 0);
-        for d in 1..self.node_window.max(self.zone_window) {
-            for at in [(p + d) % q, (p + q - d % q) % q] {
-                let Some(other) = self.owners[at].filter(|_| at != p) else {
-                    continue;
-                };
-                let other = usize::from(other);
-                if d < self.node_window && other == node {
-                    node_repeats += 1;
-                }
-                if d < self.zone_window && self.zones[other] == zone {
-                    zone_repeats += 1;
-                }
-            }
-        }
-        let reach = self.reach(node, p);
-        Cost {
-            node_repeats,
-            zone_repeats,
-            reach,
-        }
-    }
-
-    /// How many preference lists would gain `node` through partition `p`:
-    /// the list starting at `p` and each one before it whose walk has not
-    /// met `node_window` distinct nodes in `zone_window` distinct zones by
-    /// the time it reaches `p`.
-    fn reach(&self, node: usize, p: usize) -> u32 {
-        let q = self.owners.len();
-        let limit = (2 * self.node_window + 2).min(q);
-        let mut nodes_seen: Vec<usize> = Vec::with_capacity(limit);
-        let mut zones_seen: Vec<u32> = Vec::with_capacity(limit);
-        let mut reach = 1;
-        for j in 1..limit {
-            let Some(other) = self.owners[(p + q - j) % q] else {
-                break;
-            };
-            let other = usize::from(other);
-            if other == node {
-                break;
-            }
-            if !nodes_seen.contains(&other) {
-                nodes_seen.push(other);
-            }
-            if !zones_seen.contains(&self.zones[other]) {
-                zones_seen.push(self.zones[other]);
-            }
-            if nodes_seen.len() >= self.node_window && zones_seen.len() >= self.zone_window {
-                break;
-            }
-            reach += 1;
-        }
-        reach
-    }
-}
-
-/// Spreads the moves of a paced sweep evenly around the ring: a surplus
-/// node's `j`-th partition in ring order is due while fewer than
-/// `surplus * (j + 1) / count` have been released, and a node under target
-/// may take partition `p` only while it has gained fewer than
-/// `need * (p + 1) / Q + 1`.
-struct Pace {
-    count: Vec<u64>,
-    surplus: Vec<u64>,
-    need: Vec<u64>,
-    seen: Vec<u64>,
-    released: Vec<u64>,
-    gained: Vec<u64>,
-}
-
-impl Pace {
-    fn new(counts: &[u32], targets: &[u32]) -> Self {
-        let surplus = counts
+    /// Whether `node` may take slot `s` of partition `p` (whatever is there
+    /// now leaves): not already a member, and the set can still cover the
+    /// required zones with the slots left empty.
+    fn fits(&self, p: usize, s: usize, node: usize) -> bool {
+        let set = self.set(p);
+        let others = set
             .iter()
-            .zip(targets)
-            .map(|(&c, &t)| u64::from(c.saturating_sub(t)))
-            .collect();
-        let need = counts
-            .iter()
-            .zip(targets)
-            .map(|(&c, &t)| u64::from(t.saturating_sub(c)))
-            .collect();
-        Self {
-            count: counts.iter().map(|&c| u64::from(c)).collect(),
-            surplus,
-            need,
-            seen: vec![0; counts.len()],
-            released: vec![0; counts.len()],
-            gained: vec![0; counts.len()],
+            .enumerate()
+            .filter(|&(i, _)| i != s)
+            .map(|(_, m)| *m);
+        let mut zones_seen: Vec<u32> = vec![self.zones[node]];
+        let mut empty = 0;
+        for other in others {
+            match other {
+                None => empty += 1,
+                Some(o) if o == node => return false,
+                Some(o) if !zones_seen.contains(&self.zones[o]) => zones_seen.push(self.zones[o]),
+                Some(_) => {}
+            }
+        }
+        zones_seen.len() + empty >= self.required_zones
+    }
+
+    fn in_tier(&self, node: usize, tier: Tier) -> bool {
+        let (floor, ceiling) = self.bounds[node];
+        match tier {
+            Tier::BelowFloor => self.counts[node] < floor,
+            Tier::BelowCeiling => self.counts[node] < ceiling,
+            Tier::Any => true,
         }
     }
 
-    /// Whether `owner`'s next partition in ring order is due for release.
-    fn due(&mut self, owner: NodeIndex) -> bool {
-        let o = usize::from(owner);
-        self.seen[o] += 1;
-        self.released[o] * self.count[o] < self.surplus[o] * self.seen[o]
+    fn above_ceiling(&self, node: usize) -> bool {
+        self.counts[node] > self.bounds[node].1
     }
 
-    fn released(&mut self, owner: NodeIndex) {
-        self.released[usize::from(owner)] += 1;
+    /// How far below its share `node` is, relative to the share.
+    fn deficit(&self, node: usize) -> f64 {
+        let share = self.shares[node].max(f64::MIN_POSITIVE);
+        (share - f64::from(self.counts[node])) / share
     }
 
-    fn gained(&mut self, node: usize) {
-        self.gained[node] += 1;
+    /// The fitting node in `tier` furthest below its share, if any.
+    fn pick(&self, p: usize, s: usize, tier: Tier) -> Option<usize> {
+        let candidates = (0..self.counts.len())
+            .filter(|&n| self.in_tier(n, tier))
+            .filter(|&n| self.fits(p, s, n));
+        // NOTE: ties go by a fixed hash of (partition, node) rather than by
+        // index, so sets mix nodes evenly and a node's replicas share
+        // partitions with many others (a leave then has takers everywhere).
+        let tie = |n: usize| scatter(p, n);
+        candidates.max_by(|&a, &b| {
+            let by_deficit = self.deficit(a).total_cmp(&self.deficit(b));
+            by_deficit.then(tie(b).cmp(&tie(a))).then(b.cmp(&a))
+        })
     }
 
-    /// Whether `node` is not ahead of its even share when reaching `p`.
-    fn receiver_due(&self, node: usize, p: u64, q: u64) -> bool {
-        self.gained[node] * q < self.need[node] * (p + 1) + q
+    /// Whether every empty slot of `p` must go to a zone the set lacks.
+    fn tight(&self, p: usize) -> bool {
+        let set = self.set(p);
+        let mut zones_seen: Vec<u32> = Vec::with_capacity(set.len());
+        for &m in set.iter().flatten() {
+            if !zones_seen.contains(&self.zones[m]) {
+                zones_seen.push(self.zones[m]);
+            }
+        }
+        let empty = set.iter().filter(|m| m.is_none()).count();
+        empty > 0 && zones_seen.len() + empty <= self.required_zones
+    }
+
+    /// Step 1: every empty slot gets a member, slots whose zone is forced
+    /// first (so nodes of scarce zones are not used up elsewhere).
+    fn fill_empty_slots(&mut self) {
+        for tight_only in [true, false] {
+            for slot in 0..self.slots.len() {
+                let (p, s) = (slot / self.replicas, slot % self.replicas);
+                if self.slots[slot].is_some() || (tight_only && !self.tight(p)) {
+                    continue;
+                }
+                let tiers = [Tier::BelowFloor, Tier::BelowCeiling, Tier::Any];
+                let found = tiers.into_iter().find_map(|tier| self.pick(p, s, tier));
+                // NOTE: `replicas <= nodes` and a node of every missing zone
+                // is free to take the slot, so a fitting node always exists.
+                if let Some(node) = found {
+                    self.put(slot, node);
+                }
+            }
+        }
+    }
+
+    /// Step 2: hand slots of nodes above their ceiling to fitting nodes in
+    /// `taker` until a sweep changes nothing; `fresh_only` hands on only
+    /// slots filled in this claim.
+    fn sweep_surplus(&mut self, taker: Tier, fresh_only: bool) {
+        loop {
+            let mut changed = false;
+            for slot in 0..self.slots.len() {
+                let Some(owner) = self.slots[slot] else {
+                    continue;
+                };
+                if !self.above_ceiling(owner) || (fresh_only && !self.fresh[slot]) {
+                    continue;
+                }
+                let (p, s) = (slot / self.replicas, slot % self.replicas);
+                if let Some(node) = self.pick(p, s, taker) {
+                    self.put(slot, node);
+                    changed = true;
+                }
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    /// Step 3a: each node below its floor gains a slot through the cheapest
+    /// chain ending at a node that can spare one (above its floor).
+    fn chain_to_floors(&mut self) {
+        let mut stuck = vec![false; self.counts.len()];
+        // NOTE: every applied chain moves one node one step towards its
+        // bounds and none away, so this bound only guards against a bug.
+        for _ in 0..self.slots.len() {
+            let below = |n: usize| self.in_tier(n, Tier::BelowFloor) && !stuck[n];
+            let Some(start) = (0..self.counts.len()).find(|&n| below(n)) else {
+                return;
+            };
+            let spare = |c: &Claim<'_>, n: usize| c.counts[n] > c.bounds[n].0 && n != start;
+            match self.find_chain(&[start], spare) {
+                Some(chain) => self.apply_chain(&chain),
+                None => stuck[start] = true,
+            }
+        }
+    }
+
+    /// Step 3b: nodes above their ceiling give slots through the cheapest
+    /// chains starting at any node below its ceiling.
+    fn chain_from_ceilings(&mut self) {
+        for _ in 0..self.slots.len() {
+            let starts: Vec<usize> = (0..self.counts.len())
+                .filter(|&n| self.in_tier(n, Tier::BelowCeiling))
+                .collect();
+            let chain = self.find_chain(&starts, |c, n| c.above_ceiling(n));
+            match chain {
+                Some(chain) if !chain.is_empty() => self.apply_chain(&chain),
+                _ => return,
+            }
+        }
+    }
+
+    /// Hand-overs `(taker, slot)` from one of `starts` to a node for which
+    /// `end` holds, in chain order: the chain taking the fewest slots kept
+    /// from the previous layout (each costs one more copy; fresh ones cost
+    /// nothing), ending above a ceiling if it can, found by a 0-1
+    /// breadth-first search.
+    fn find_chain(
+        &self,
+        starts: &[usize],
+        end: impl Fn(&Self, usize) -> bool,
+    ) -> Option<Vec<(usize, usize)>> {
+        let nodes = self.counts.len();
+        let mut came_from: Vec<Option<(usize, usize)>> = vec![None; nodes];
+        let mut cost = vec![usize::MAX; nodes];
+        let mut done = vec![false; nodes];
+        for &start in starts {
+            cost[start] = 0;
+        }
+        let mut queue: VecDeque<usize> = starts.iter().copied().collect();
+        while let Some(taker) = queue.pop_front() {
+            if std::mem::replace(&mut done[taker], true) {
+                continue;
+            }
+            for slot in 0..self.slots.len() {
+                let Some(giver) = self.slots[slot] else {
+                    continue;
+                };
+                let step = usize::from(!self.fresh[slot]);
+                let reached = cost[taker] + step;
+                if done[giver] || reached >= cost[giver] {
+                    continue;
+                }
+                let (p, s) = (slot / self.replicas, slot % self.replicas);
+                if !self.fits(p, s, taker) {
+                    continue;
+                }
+                cost[giver] = reached;
+                came_from[giver] = Some((taker, slot));
+                if step == 0 {
+                    queue.push_front(giver);
+                } else {
+                    queue.push_back(giver);
+                }
+            }
+        }
+        let ends = (0..nodes).filter(|&n| end(self, n) && came_from[n].is_some());
+        let last = ends.min_by_key(|&n| (cost[n], !self.above_ceiling(n), n))?;
+        let mut chain = Vec::new();
+        let mut at = last;
+        while let Some((taker, slot)) = came_from[at] {
+            chain.push((taker, slot));
+            at = taker;
+        }
+        chain.reverse();
+        Some(chain)
+    }
+
+    /// Applies a chain from its far end, so each giver first gains the slot
+    /// it will hand on; a step that no longer fits stops the chain (counts
+    /// stay consistent, and the next search starts from the new state).
+    fn apply_chain(&mut self, chain: &[(usize, usize)]) {
+        for &(taker, slot) in chain.iter().rev() {
+            let (p, s) = (slot / self.replicas, slot % self.replicas);
+            if !self.fits(p, s, taker) {
+                return;
+            }
+            self.put(slot, taker);
+        }
+    }
+
+    /// Reorders each set so the first member of each zone comes first, in
+    /// slot order otherwise (a no-op when the zones are already distinct).
+    fn zones_first(&mut self) {
+        for p in 0..self.partitions() {
+            let set: Vec<Option<usize>> = self.set(p).to_vec();
+            let mut seen: Vec<u32> = Vec::with_capacity(set.len());
+            let (mut first, mut rest) = (Vec::new(), Vec::new());
+            for member in set.into_iter().flatten() {
+                if seen.contains(&self.zones[member]) {
+                    rest.push(Some(member));
+                } else {
+                    seen.push(self.zones[member]);
+                    first.push(Some(member));
+                }
+            }
+            first.extend(rest);
+            let range = p * self.replicas..(p + 1) * self.replicas;
+            self.slots[range].copy_from_slice(&first);
+        }
     }
 }
 
@@ -388,44 +401,43 @@ impl Pace {
 mod tests {
     use super::*;
 
-    #[test]
-    fn targets_sum_to_q_and_prefer_nodes_already_above_floor() {
-        // 10 over 3 equal nodes: floors 3, one node gets 4.
-        assert_eq!(targets(10, &[1, 1, 1], &[0, 0, 0]), vec![4, 3, 3]);
-        assert_eq!(targets(10, &[1, 1, 1], &[3, 3, 4]), vec![3, 3, 4]);
-        // Larger fractions first: 10 * 3/6 = 5, 10 * 2/6 = 3.33, 10/6 = 1.67.
-        assert_eq!(targets(10, &[3, 2, 1], &[0, 0, 0]), vec![5, 3, 2]);
+    fn sets(owners: &[NodeIndex], replicas: usize) -> Vec<Vec<NodeIndex>> {
+        owners.chunks(replicas).map(<[NodeIndex]>::to_vec).collect()
     }
 
     #[test]
-    fn equal_nodes_without_zones_round_robin() {
-        let input = ClaimInput {
-            capacities: &[1, 1, 1, 1],
-            zones: &[0, 1, 2, 3],
-            zone_count: 4,
-            spread: 3,
-        };
-        let owners = claim(&input, vec![None; 16]);
-        let expected: Vec<NodeIndex> = (0..16).map(|p| p % 4).collect();
-        assert_eq!(owners, expected);
-    }
-
-    #[test]
-    fn zones_interleave() {
+    fn equal_nodes_get_equal_shares_and_distinct_zones() {
         // Nodes 0, 1 in zone 0; 2, 3 in zone 1; and so on.
         let input = ClaimInput {
             capacities: &[1; 8],
             zones: &[0, 0, 1, 1, 2, 2, 3, 3],
             zone_count: 4,
-            spread: 3,
+            replicas: 3,
         };
-        let owners = claim(&input, vec![None; 64]);
-        for p in 0..64 {
-            let zone = |i: usize| input.zones[usize::from(owners[i % 64])];
-            assert!(
-                zone(p) != zone(p + 1) && zone(p) != zone(p + 2),
-                "zones repeat at {p}: {owners:?}"
-            );
+        let flat = claim(&input, &vec![Vec::new(); 64]);
+        let mut counts = [0; 8];
+        for set in sets(&flat, 3) {
+            let mut zones: Vec<u32> = set.iter().map(|&n| input.zones[usize::from(n)]).collect();
+            zones.sort_unstable();
+            zones.dedup();
+            assert_eq!(zones.len(), 3, "{set:?}");
+            for n in set {
+                counts[usize::from(n)] += 1;
+            }
         }
+        assert_eq!(counts, [24; 8]);
+    }
+
+    #[test]
+    fn unchanged_inputs_keep_every_set() {
+        let input = ClaimInput {
+            capacities: &[1, 2, 3, 1, 2],
+            zones: &[0, 1, 2, 0, 1],
+            zone_count: 3,
+            replicas: 3,
+        };
+        let first = claim(&input, &vec![Vec::new(); 256]);
+        let again = claim(&input, &sets(&first, 3));
+        assert_eq!(first, again);
     }
 }

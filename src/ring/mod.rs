@@ -10,6 +10,10 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 mod claim;
 mod layout;
 mod preference;
+mod targets;
+
+#[cfg(test)]
+mod movement_tests;
 
 pub use layout::{DEFAULT_SPREAD, Layout, LayoutError, MAX_NODES, MAX_SPREAD, NodeIndex, NodeSpec};
 pub use preference::{Move, PreferenceList, ReplicaMove};
