@@ -1,36 +1,45 @@
 //! Claim: the replica set of every partition behind a [`super::Layout`].
 //!
-//! Works on node indices only. Each partition gets `r` slots; given each
+//! Works on node indices only. Each partition gets `r` members; given each
 //! node's capacity and zone and the previous members of every partition
-//! (already renumbered to this node list, departed nodes dropped), it fills
-//! every slot so that:
+//! (already renumbered to this node list, departed nodes dropped), it picks
+//! them so that:
 //! - the nodes of a partition are distinct and cover `min(r, zones)`
 //!   distinct zones (distinct zones when there are at least `r`);
 //! - each node holds the floor or the ceiling of its exact share
-//!   (`targets.rs`) whenever the steps below find a way to (the property
-//!   tests check that they do);
-//! - a previous member keeps its slot unless it left or holds more than its
-//!   ceiling, and a node takes new slots only while below its floor unless
-//!   a slot has no other taker, so a change copies close to the fewest
-//!   replicas the balance law allows.
+//!   (`targets.rs`);
+//! - among all layouts obeying those two laws, the fewest (partition, node)
+//!   pairs are new: the change copies the minimum number of replicas.
 //!
-//! How, in deterministic steps (ties go to the lower node index):
-//! 1. every empty slot takes the fitting node furthest below its share,
-//!    preferring nodes below their floor, then nodes below their ceiling;
-//! 2. sweeps hand slots of nodes above their ceiling to fitting nodes below
-//!    their floor, then below their ceiling, slots filled in this claim
-//!    first (handing those on again copies nothing extra);
-//! 3. a node still outside its bounds trades through the cheapest chain of
-//!    hand-overs `a -> b -> ... -> z`, each taking a slot of the next, so
-//!    only the ends change counts; a chain's cost is the number of slots it
-//!    takes that were kept from the previous layout (0-1 breadth-first
-//!    search).
+//! How: one minimum-cost maximum flow (`flow.rs`), as garage's layout
+//! optimiser does. Units of flow are replicas:
 //!
-//! Finally each set lists one node per zone first, so any prefix of it
-//! (the primaries for a smaller `n`) has as many distinct zones as it can.
+//! ```text
+//! source -> partition p            capacity min(r, zones)      ("up")
+//! source -> p'                     capacity r - zones, if fewer zones than r
+//! p  -> (p, zone z)                capacity 1
+//! p' -> (p, zone z)                capacity r - zones
+//! (p, z) -> node n of zone z       capacity 1, cost 0 if n held p, else 1
+//! node n -> floors                 capacity floor(n)
+//! node n -> extras                 capacity ceiling(n) - floor(n)
+//! floors -> sink, extras -> sink   capacity sum of floors, r*Q - that
+//! ```
+//!
+//! A full flow (`r * Q`) fills both sink edges, so every node reaches its
+//! floor and stays within its ceiling; each `p` sends one unit per zone it
+//! covers, so sets span `min(r, zones)` zones, and the unit edges keep
+//! nodes distinct. (A zone of one node skips its `(p, z)` vertex.) The flow
+//! starts from the kept pairs (all cost 0, so already a cheapest flow of
+//! their size) and the primal-dual search adds the rest at the least cost.
+//! Determinism: vertices and edges are added in a fixed order, each
+//! partition trying nodes in a fixed pseudo-random order (so sets mix nodes
+//! evenly and a leaving node's replicas have takers everywhere).
+//!
+//! Finally each set lists kept members first (in their old order), then new
+//! ones, with one node per zone first, so any prefix of it (the primaries
+//! for a smaller `n`) has as many distinct zones as it can.
 
-use std::collections::VecDeque;
-
+use super::flow::{Edge, Graph, Vertex};
 use super::layout::NodeIndex;
 use super::targets::{Demand, replica_bounds, replica_shares};
 
@@ -54,21 +63,6 @@ pub(super) fn claim(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> Vec<
         nodes > 0 && (1..=nodes).contains(&input.replicas),
         "layouts validate that there is a node and clamp replicas to the node count"
     );
-    let mut claim = Claim {
-        slots: vec![None; previous.len() * input.replicas],
-        fresh: vec![true; previous.len() * input.replicas],
-        replicas: input.replicas,
-        counts: vec![0; nodes],
-        shares: Vec::new(),
-        bounds: Vec::new(),
-        zones: input.zones,
-        required_zones: input.replicas.min(input.zone_count),
-    };
-    for (p, members) in previous.iter().enumerate() {
-        for &member in members {
-            claim.keep(p, usize::from(member));
-        }
-    }
     let demand = Demand {
         partitions: previous.len() as u64,
         replicas: input.replicas,
@@ -76,18 +70,48 @@ pub(super) fn claim(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> Vec<
         zones: input.zones,
         zone_count: input.zone_count,
     };
-    claim.shares = replica_shares(&demand);
-    claim.bounds = replica_bounds(&claim.shares);
-    claim.fill_empty_slots();
-    for taker in [Tier::BelowFloor, Tier::BelowCeiling] {
-        claim.sweep_surplus(taker, true);
-        claim.sweep_surplus(taker, false);
+    let bounds = replica_bounds(&replica_shares(&demand));
+    // NOTE: the shares are built so that the first attempt always succeeds
+    // (the property tests check balance); the looser ones only make sure a
+    // layout exists whatever happens: no floors, then no balance at all.
+    let q = previous.len() as u32;
+    let no_floors: Vec<(u32, u32)> = bounds.iter().map(|&(_, c)| (0, c)).collect();
+    let anything = vec![(0, q); nodes];
+    let sets = [bounds, no_floors, anything]
+        .iter()
+        .find_map(|bounds| Network::new(input, previous, bounds).solve());
+    let (sets, _) = sets.expect("r <= nodes, so some set of r nodes covers min(r, zones) zones");
+    let mut flat = Vec::with_capacity(previous.len() * input.replicas);
+    for (p, members) in sets.into_iter().enumerate() {
+        flat.extend(ordered(input.zones, &previous[p], members));
     }
-    claim.chain_to_floors();
-    claim.chain_from_ceilings();
-    claim.zones_first();
-    let slots = claim.slots.into_iter();
-    slots.map(|s| to_index(s.unwrap_or(0))).collect()
+    flat
+}
+
+/// Kept members in their old order, then new ones by index; then the first
+/// member of each zone ahead of the others.
+fn ordered(zones: &[u32], previous: &[NodeIndex], members: Vec<usize>) -> Vec<NodeIndex> {
+    let kept = previous
+        .iter()
+        .copied()
+        .filter(|&m| members.contains(&usize::from(m)));
+    let fresh = members
+        .iter()
+        .filter(|&&m| !previous.contains(&to_index(m)))
+        .map(|&m| to_index(m));
+    let mut seen: Vec<u32> = Vec::new();
+    let (mut first, mut rest) = (Vec::new(), Vec::new());
+    for member in kept.chain(fresh) {
+        let zone = zones[usize::from(member)];
+        if seen.contains(&zone) {
+            rest.push(member);
+        } else {
+            seen.push(zone);
+            first.push(member);
+        }
+    }
+    first.extend(rest);
+    first
 }
 
 /// A fixed pseudo-random order of nodes per partition (splitmix64).
@@ -102,299 +126,197 @@ fn to_index(node: usize) -> NodeIndex {
     NodeIndex::try_from(node).expect("node counts are validated to fit NodeIndex")
 }
 
-/// Which nodes may take a slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Tier {
-    /// Below the floor of their share.
-    BelowFloor,
-    /// Below the ceiling of their share.
-    BelowCeiling,
-    /// Any node (the slot has no other taker).
-    Any,
+/// The edges of one partition.
+struct PartitionEdges {
+    /// `source -> p`.
+    up: Edge,
+    /// `source -> p'`, when there are fewer zones than replicas.
+    down: Option<Edge>,
+    /// Per zone: `p -> (p, z)`, or `p -> n` for a zone of one node `n`.
+    up_zone: Vec<Edge>,
+    /// Per zone: `p' -> (p, z)`, when `down` exists.
+    down_zone: Vec<Edge>,
+    /// Per node: the edge into it from this partition.
+    to_node: Vec<Edge>,
 }
 
-struct Claim<'a> {
-    /// Member per slot; partition `p` owns `slots[p * replicas..][..replicas]`.
-    slots: Vec<Option<usize>>,
-    /// Whether a slot's member is new in this claim (so handing it on again
-    /// copies nothing extra).
-    fresh: Vec<bool>,
-    replicas: usize,
-    counts: Vec<u32>,
-    /// Exact replica share per node.
-    shares: Vec<f64>,
-    /// Floor and ceiling of each share.
-    bounds: Vec<(u32, u32)>,
-    zones: &'a [u32],
-    /// Distinct zones a full set must cover: `min(replicas, zones)`.
-    required_zones: usize,
+/// The flow network of one claim.
+struct Network {
+    graph: Graph,
+    source: Vertex,
+    sink: Vertex,
+    partitions: Vec<PartitionEdges>,
+    /// Per node: `n -> floors` and `n -> extras`.
+    to_floor: Vec<Edge>,
+    to_extra: Vec<Edge>,
+    /// `floors -> sink` and `extras -> sink`.
+    floors_out: Edge,
+    extras_out: Edge,
+    /// `r * Q`.
+    wanted: i64,
 }
 
-impl Claim<'_> {
-    fn set(&self, p: usize) -> &[Option<usize>] {
-        &self.slots[p * self.replicas..(p + 1) * self.replicas]
+impl Network {
+    fn new(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>], bounds: &[(u32, u32)]) -> Self {
+        let (r, zone_count) = (input.replicas, input.zone_count);
+        let nodes = input.capacities.len();
+        let wanted = (previous.len() * r) as i64;
+        let mut graph = Graph::new();
+        let (source, sink) = (graph.vertex(), graph.vertex());
+        let (floors, extras) = (graph.vertex(), graph.vertex());
+        let node_vertex: Vec<Vertex> = (0..nodes).map(|_| graph.vertex()).collect();
+        let capacity = |x: i64| i32::try_from(x.max(0)).unwrap_or(i32::MAX);
+        let floor_total: i64 = bounds.iter().map(|&(f, _)| i64::from(f)).sum();
+        let floors_out = graph.edge(floors, sink, capacity(floor_total), 0);
+        let extras_out = graph.edge(extras, sink, capacity(wanted - floor_total), 0);
+        let mut to_floor = Vec::with_capacity(nodes);
+        let mut to_extra = Vec::with_capacity(nodes);
+        for (n, &(floor, ceiling)) in bounds.iter().enumerate() {
+            let (floor, ceiling) = (i64::from(floor), i64::from(ceiling));
+            to_floor.push(graph.edge(node_vertex[n], floors, capacity(floor), 0));
+            to_extra.push(graph.edge(node_vertex[n], extras, capacity(ceiling - floor), 0));
+        }
+        let members: Vec<Vec<usize>> = (0..zone_count)
+            .map(|z| {
+                (0..nodes)
+                    .filter(|&n| input.zones[n] as usize == z)
+                    .collect()
+            })
+            .collect();
+        let covered = r.min(zone_count);
+        let spare = r - covered;
+        let mut partitions = Vec::with_capacity(previous.len());
+        for (p, held) in previous.iter().enumerate() {
+            let up_vertex = graph.vertex();
+            let up = graph.edge(source, up_vertex, capacity(covered as i64), 0);
+            let down_vertex = (spare > 0).then(|| graph.vertex());
+            let down = down_vertex.map(|d| graph.edge(source, d, capacity(spare as i64), 0));
+            let mut zone_order: Vec<usize> = (0..zone_count).collect();
+            zone_order.sort_by_key(|&z| (scatter(p, nodes + z), z));
+            let mut up_zone = vec![usize::MAX; zone_count];
+            let mut down_zone = vec![usize::MAX; zone_count];
+            let mut to_node = vec![usize::MAX; nodes];
+            for z in zone_order {
+                let mut order = members[z].clone();
+                order.sort_by_key(|&n| (scatter(p, n), n));
+                let cost = |n: usize| i64::from(!held.contains(&to_index(n)));
+                if let ([only], None) = (order.as_slice(), down_vertex) {
+                    let e = graph.edge(up_vertex, node_vertex[*only], 1, cost(*only));
+                    up_zone[z] = e;
+                    to_node[*only] = e;
+                    continue;
+                }
+                let zone_vertex = graph.vertex();
+                up_zone[z] = graph.edge(up_vertex, zone_vertex, 1, 0);
+                if let Some(d) = down_vertex {
+                    down_zone[z] = graph.edge(d, zone_vertex, capacity(spare as i64), 0);
+                }
+                for n in order {
+                    to_node[n] = graph.edge(zone_vertex, node_vertex[n], 1, cost(n));
+                }
+            }
+            partitions.push(PartitionEdges {
+                up,
+                down,
+                up_zone,
+                down_zone,
+                to_node,
+            });
+        }
+        let mut network = Network {
+            graph,
+            source,
+            sink,
+            partitions,
+            to_floor,
+            to_extra,
+            floors_out,
+            extras_out,
+            wanted,
+        };
+        for (p, held) in previous.iter().enumerate() {
+            for &n in held {
+                network.keep(p, usize::from(n), input.zones[usize::from(n)] as usize);
+            }
+        }
+        network
     }
 
-    fn partitions(&self) -> usize {
-        self.slots.len() / self.replicas
-    }
-
-    /// Keeps a previous member in the first free slot if it still fits.
-    fn keep(&mut self, p: usize, node: usize) {
-        let free = self.set(p).iter().position(Option::is_none);
-        if let Some(s) = free.filter(|&s| self.fits(p, s, node)) {
-            self.put(p * self.replicas + s, node);
-            self.fresh[p * self.replicas + s] = false;
+    /// Routes the kept pair `(p, n)` if it still fits (a cost-0 unit).
+    fn keep(&mut self, p: usize, n: usize, zone: usize) {
+        let edges = &self.partitions[p];
+        let into = edges.to_node[n];
+        let mut entries = vec![(edges.up, edges.up_zone[zone])];
+        if let Some(down) = edges.down {
+            entries.push((down, edges.down_zone[zone]));
+        }
+        let exits = [
+            [self.to_floor[n], self.floors_out],
+            [self.to_extra[n], self.extras_out],
+        ];
+        for (from_source, into_zone) in entries {
+            for exit in exits {
+                let mut path = vec![from_source, into_zone];
+                if into != into_zone {
+                    path.push(into);
+                }
+                path.extend(exit);
+                if path.iter().all(|&e| self.graph.room(e) > 0) {
+                    self.graph.push_unit(&path);
+                    return;
+                }
+            }
         }
     }
 
-    fn put(&mut self, slot: usize, node: usize) {
-        if let Some(old) = self.slots[slot] {
-            self.counts[old] -= 1;
-        }
-        self.counts[node] += 1;
-        self.slots[slot] = Some(node);
-        self.fresh[slot] = true;
-    }
-
-    /// Whether `node` may take slot `s` of partition `p` (whatever is there
-    /// now leaves): not already a member, and the set can still cover the
-    /// required zones with the slots left empty.
-    fn fits(&self, p: usize, s: usize, node: usize) -> bool {
-        let set = self.set(p);
-        let others = set
+    /// The members of each partition and the network they came from, or
+    /// `None` if no full flow exists.
+    fn solve(mut self) -> Option<(Vec<Vec<usize>>, Network)> {
+        let kept: i64 = self
+            .partitions
             .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != s)
-            .map(|(_, m)| *m);
-        let mut zones_seen: Vec<u32> = vec![self.zones[node]];
-        let mut empty = 0;
-        for other in others {
-            match other {
-                None => empty += 1,
-                Some(o) if o == node => return false,
-                Some(o) if !zones_seen.contains(&self.zones[o]) => zones_seen.push(self.zones[o]),
-                Some(_) => {}
-            }
+            .map(|e| i64::from(self.graph.flow(e.up)))
+            .sum();
+        let kept_down: i64 = self
+            .partitions
+            .iter()
+            .filter_map(|e| e.down)
+            .map(|e| i64::from(self.graph.flow(e)))
+            .sum();
+        let added = self.graph.min_cost_max_flow(self.source, self.sink);
+        if kept + kept_down + added < self.wanted {
+            return None;
         }
-        zones_seen.len() + empty >= self.required_zones
+        let sets = self.partitions.iter().map(|edges| {
+            let to_node = edges.to_node.iter().enumerate();
+            let members = to_node.filter(|&(_, &e)| self.graph.flow(e) > 0);
+            members.map(|(n, _)| n).collect()
+        });
+        let sets = sets.collect();
+        Some((sets, self))
     }
-
-    fn in_tier(&self, node: usize, tier: Tier) -> bool {
-        let (floor, ceiling) = self.bounds[node];
-        match tier {
-            Tier::BelowFloor => self.counts[node] < floor,
-            Tier::BelowCeiling => self.counts[node] < ceiling,
-            Tier::Any => true,
-        }
-    }
-
-    fn above_ceiling(&self, node: usize) -> bool {
-        self.counts[node] > self.bounds[node].1
-    }
-
-    /// How far below its share `node` is, relative to the share.
-    fn deficit(&self, node: usize) -> f64 {
-        let share = self.shares[node].max(f64::MIN_POSITIVE);
-        (share - f64::from(self.counts[node])) / share
-    }
-
-    /// The fitting node in `tier` furthest below its share, if any.
-    fn pick(&self, p: usize, s: usize, tier: Tier) -> Option<usize> {
-        let candidates = (0..self.counts.len())
-            .filter(|&n| self.in_tier(n, tier))
-            .filter(|&n| self.fits(p, s, n));
-        // NOTE: ties go by a fixed hash of (partition, node) rather than by
-        // index, so sets mix nodes evenly and a node's replicas share
-        // partitions with many others (a leave then has takers everywhere).
-        let tie = |n: usize| scatter(p, n);
-        candidates.max_by(|&a, &b| {
-            let by_deficit = self.deficit(a).total_cmp(&self.deficit(b));
-            by_deficit.then(tie(b).cmp(&tie(a))).then(b.cmp(&a))
-        })
-    }
-
-    /// Whether every empty slot of `p` must go to a zone the set lacks.
-    fn tight(&self, p: usize) -> bool {
-        let set = self.set(p);
-        let mut zones_seen: Vec<u32> = Vec::with_capacity(set.len());
-        for &m in set.iter().flatten() {
-            if !zones_seen.contains(&self.zones[m]) {
-                zones_seen.push(self.zones[m]);
-            }
-        }
-        let empty = set.iter().filter(|m| m.is_none()).count();
-        empty > 0 && zones_seen.len() + empty <= self.required_zones
-    }
-
-    /// Step 1: every empty slot gets a member, slots whose zone is forced
-    /// first (so nodes of scarce zones are not used up elsewhere).
-    fn fill_empty_slots(&mut self) {
-        for tight_only in [true, false] {
-            for slot in 0..self.slots.len() {
-                let (p, s) = (slot / self.replicas, slot % self.replicas);
-                if self.slots[slot].is_some() || (tight_only && !self.tight(p)) {
-                    continue;
-                }
-                let tiers = [Tier::BelowFloor, Tier::BelowCeiling, Tier::Any];
-                let found = tiers.into_iter().find_map(|tier| self.pick(p, s, tier));
-                // NOTE: `replicas <= nodes` and a node of every missing zone
-                // is free to take the slot, so a fitting node always exists.
-                if let Some(node) = found {
-                    self.put(slot, node);
-                }
-            }
-        }
-    }
-
-    /// Step 2: hand slots of nodes above their ceiling to fitting nodes in
-    /// `taker` until a sweep changes nothing; `fresh_only` hands on only
-    /// slots filled in this claim.
-    fn sweep_surplus(&mut self, taker: Tier, fresh_only: bool) {
-        loop {
-            let mut changed = false;
-            for slot in 0..self.slots.len() {
-                let Some(owner) = self.slots[slot] else {
-                    continue;
-                };
-                if !self.above_ceiling(owner) || (fresh_only && !self.fresh[slot]) {
-                    continue;
-                }
-                let (p, s) = (slot / self.replicas, slot % self.replicas);
-                if let Some(node) = self.pick(p, s, taker) {
-                    self.put(slot, node);
-                    changed = true;
-                }
-            }
-            if !changed {
-                return;
-            }
-        }
-    }
-
-    /// Step 3a: each node below its floor gains a slot through the cheapest
-    /// chain ending at a node that can spare one (above its floor).
-    fn chain_to_floors(&mut self) {
-        let mut stuck = vec![false; self.counts.len()];
-        // NOTE: every applied chain moves one node one step towards its
-        // bounds and none away, so this bound only guards against a bug.
-        for _ in 0..self.slots.len() {
-            let below = |n: usize| self.in_tier(n, Tier::BelowFloor) && !stuck[n];
-            let Some(start) = (0..self.counts.len()).find(|&n| below(n)) else {
-                return;
-            };
-            let spare = |c: &Claim<'_>, n: usize| c.counts[n] > c.bounds[n].0 && n != start;
-            match self.find_chain(&[start], spare) {
-                Some(chain) => self.apply_chain(&chain),
-                None => stuck[start] = true,
-            }
-        }
-    }
-
-    /// Step 3b: nodes above their ceiling give slots through the cheapest
-    /// chains starting at any node below its ceiling.
-    fn chain_from_ceilings(&mut self) {
-        for _ in 0..self.slots.len() {
-            let starts: Vec<usize> = (0..self.counts.len())
-                .filter(|&n| self.in_tier(n, Tier::BelowCeiling))
-                .collect();
-            let chain = self.find_chain(&starts, |c, n| c.above_ceiling(n));
-            match chain {
-                Some(chain) if !chain.is_empty() => self.apply_chain(&chain),
-                _ => return,
-            }
-        }
-    }
-
-    /// Hand-overs `(taker, slot)` from one of `starts` to a node for which
-    /// `end` holds, in chain order: the chain taking the fewest slots kept
-    /// from the previous layout (each costs one more copy; fresh ones cost
-    /// nothing), ending above a ceiling if it can, found by a 0-1
-    /// breadth-first search.
-    fn find_chain(
-        &self,
-        starts: &[usize],
-        end: impl Fn(&Self, usize) -> bool,
-    ) -> Option<Vec<(usize, usize)>> {
-        let nodes = self.counts.len();
-        let mut came_from: Vec<Option<(usize, usize)>> = vec![None; nodes];
-        let mut cost = vec![usize::MAX; nodes];
-        let mut done = vec![false; nodes];
-        for &start in starts {
-            cost[start] = 0;
-        }
-        let mut queue: VecDeque<usize> = starts.iter().copied().collect();
-        while let Some(taker) = queue.pop_front() {
-            if std::mem::replace(&mut done[taker], true) {
-                continue;
-            }
-            for slot in 0..self.slots.len() {
-                let Some(giver) = self.slots[slot] else {
-                    continue;
-                };
-                let step = usize::from(!self.fresh[slot]);
-                let reached = cost[taker] + step;
-                if done[giver] || reached >= cost[giver] {
-                    continue;
-                }
-                let (p, s) = (slot / self.replicas, slot % self.replicas);
-                if !self.fits(p, s, taker) {
-                    continue;
-                }
-                cost[giver] = reached;
-                came_from[giver] = Some((taker, slot));
-                if step == 0 {
-                    queue.push_front(giver);
-                } else {
-                    queue.push_back(giver);
-                }
-            }
-        }
-        let ends = (0..nodes).filter(|&n| end(self, n) && came_from[n].is_some());
-        let last = ends.min_by_key(|&n| (cost[n], !self.above_ceiling(n), n))?;
-        let mut chain = Vec::new();
-        let mut at = last;
-        while let Some((taker, slot)) = came_from[at] {
-            chain.push((taker, slot));
-            at = taker;
-        }
-        chain.reverse();
-        Some(chain)
-    }
-
-    /// Applies a chain from its far end, so each giver first gains the slot
-    /// it will hand on; a step that no longer fits stops the chain (counts
-    /// stay consistent, and the next search starts from the new state).
-    fn apply_chain(&mut self, chain: &[(usize, usize)]) {
-        for &(taker, slot) in chain.iter().rev() {
-            let (p, s) = (slot / self.replicas, slot % self.replicas);
-            if !self.fits(p, s, taker) {
-                return;
-            }
-            self.put(slot, taker);
-        }
-    }
-
-    /// Reorders each set so the first member of each zone comes first, in
-    /// slot order otherwise (a no-op when the zones are already distinct).
-    fn zones_first(&mut self) {
-        for p in 0..self.partitions() {
-            let set: Vec<Option<usize>> = self.set(p).to_vec();
-            let mut seen: Vec<u32> = Vec::with_capacity(set.len());
-            let (mut first, mut rest) = (Vec::new(), Vec::new());
-            for member in set.into_iter().flatten() {
-                if seen.contains(&self.zones[member]) {
-                    rest.push(Some(member));
-                } else {
-                    seen.push(self.zones[member]);
-                    first.push(Some(member));
-                }
-            }
-            first.extend(rest);
-            let range = p * self.replicas..(p + 1) * self.replicas;
-            self.slots[range].copy_from_slice(&first);
-        }
-    }
+}
+/// The fewest new (partition, node) pairs any layout obeying the balance
+/// and zone laws needs from `previous`, checked against the flow's
+/// optimality certificate (panics if the certificate fails).
+#[cfg(test)]
+pub(super) fn certified_minimum(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> i64 {
+    let demand = Demand {
+        partitions: previous.len() as u64,
+        replicas: input.replicas,
+        capacities: input.capacities,
+        zones: input.zones,
+        zone_count: input.zone_count,
+    };
+    let bounds = replica_bounds(&replica_shares(&demand));
+    let (_, network) = Network::new(input, previous, &bounds)
+        .solve()
+        .expect("balanced layouts exist");
+    assert!(
+        network.graph.certified_cheapest(),
+        "no negative cycle is left"
+    );
+    network.graph.total_cost()
 }
 
 #[cfg(test)]

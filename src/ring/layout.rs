@@ -20,9 +20,9 @@
 //!   its exact share (`targets.rs`): `r * Q * capacity / total capacity`,
 //!   capped at `Q` per node, and per zone at `Q` (at least `r` zones) or
 //!   raised to `Q` (fewer zones, so every zone is in every set).
-//! - Minimal movement: a member keeps its place unless it left or is over
-//!   its new target, so a join or leave copies close to the fewest replicas
-//!   any balanced layout could (measured in `movement_tests.rs`).
+//! - Minimal movement: a join or leave copies the fewest replicas any layout
+//!   obeying the two laws above could (an exact minimum-cost flow in
+//!   `claim.rs`; measured in `movement_tests.rs`).
 //! - Determinism: the same inputs give the same layout; ties are broken by
 //!   node name order and partition index, never by chance.
 
@@ -273,6 +273,19 @@ impl Layout {
             .checked_add(1)
             .ok_or(LayoutError::VersionOverflow(self.version))?;
         let nodes = validate_nodes(nodes)?;
+        let previous = self.surviving_sets(&nodes);
+        Ok(Self::claim(
+            version,
+            self.partitions,
+            self.spread,
+            nodes,
+            &previous,
+        ))
+    }
+
+    /// Each partition's current members that are in `nodes` (sorted by
+    /// name), renumbered to index `nodes`.
+    fn surviving_sets(&self, nodes: &[NodeSpec]) -> Vec<Vec<NodeIndex>> {
         let renumber: Vec<Option<NodeIndex>> = self
             .nodes
             .iter()
@@ -281,8 +294,7 @@ impl Layout {
                 found.ok().map(to_index)
             })
             .collect();
-        let previous: Vec<Vec<NodeIndex>> = self
-            .replicas
+        self.replicas
             .chunks(self.replication)
             .map(|set| {
                 let kept = set
@@ -290,14 +302,26 @@ impl Layout {
                     .map(|&o| renumber.get(usize::from(o)).copied().flatten());
                 kept.flatten().collect()
             })
-            .collect();
-        Ok(Self::claim(
-            version,
-            self.partitions,
-            self.spread,
-            nodes,
-            &previous,
-        ))
+            .collect()
+    }
+
+    /// The fewest replica copies any layout of `nodes` obeying the balance
+    /// and zone laws needs from this one, certified by the flow's duals
+    /// (the true optimum `movement_tests.rs` measures against).
+    #[cfg(test)]
+    pub(super) fn minimum_copies(&self, nodes: Vec<NodeSpec>) -> usize {
+        let nodes = validate_nodes(nodes).expect("valid nodes");
+        let previous = self.surviving_sets(&nodes);
+        let (zones, zone_count) = zone_ids(&nodes);
+        let capacities: Vec<u32> = nodes.iter().map(|n| n.capacity).collect();
+        let input = ClaimInput {
+            capacities: &capacities,
+            zones: &zones,
+            zone_count,
+            replicas: replication(self.spread, nodes.len()),
+        };
+        let copies = claim::certified_minimum(&input, &previous);
+        usize::try_from(copies).expect("a count")
     }
 
     /// The version number: 1 for the first layout, +1 per change.
@@ -350,6 +374,12 @@ impl Layout {
     /// [`Layout::nodes`].
     pub fn partition_counts(&self) -> Vec<u32> {
         owner_counts(&self.replicas, self.nodes.len())
+    }
+
+    /// How many partitions each node is the owner (first replica) of,
+    /// indexed like [`Layout::nodes`].
+    pub fn owned_counts(&self) -> Vec<u32> {
+        owner_counts(&self.owners, self.nodes.len())
     }
 
     pub(super) fn zone_of(&self, node: NodeIndex) -> usize {

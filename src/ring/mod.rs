@@ -8,6 +8,7 @@
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 mod claim;
+mod flow;
 mod layout;
 mod preference;
 mod targets;
