@@ -4,7 +4,8 @@
 # Usage: bench/compare-redis.sh [--requests N] [--reps N] [--only-cluster] [--record]
 #   --requests N  requests per redis-benchmark run (default 200000)
 #   --reps N      runs of each benchmark per server, alternating; medians reported (default 3)
-#   --only-cluster  skip the single-node runs
+#   --only-cluster  skip the single-node runs (the cluster runs: quorum/quorum,
+#                   one/one, and quorum/quorum with one of the 3 nodes killed)
 #   --record      also append the result table to bench/RESULTS.md
 #
 # Builds ringkv in release mode, installs redis-server/redis-tools with apt-get
@@ -85,7 +86,8 @@ run_bench() { # port extra-args...
   local port=$1; shift
   # NOTE: a benchmark that stops on an error reply yields no rows instead of
   # aborting the whole comparison (its stderr goes to the log).
-  { redis-benchmark -p "$port" -t set,get -n "$requests" -c 50 --csv "$@" 2>>"$work/benchmark-errors.log" || true; } |
+  # NOTE: bounded: redis-benchmark waits forever for a server that died.
+  { timeout 600 redis-benchmark -p "$port" -t set,get -n "$requests" -c 50 --csv "$@" 2>>"$work/benchmark-errors.log" || true; } |
     awk -F'","' 'NR>1 { gsub(/"/,""); split($0,f,","); print f[1], f[2], f[5], f[7] }'
 }
 
@@ -165,14 +167,30 @@ if [ "$only_cluster" = 0 ]; then
   done
 fi
 
-for levels in quorum one; do
+# "quorum-down": quorum/quorum with node3 killed (SIGKILL) before the runs,
+# for throughput while one replica is down (hints pile up on the others).
+for setup in quorum one quorum-down; do
+  levels=${setup%-down}
   base=$(free_base)
-  "$bin" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster-$levels" \
-    --read-level "$levels" --write-level "$levels" >"$work/cluster-$levels.log" 2>&1 &
+  "$bin" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster-$setup" \
+    --read-level "$levels" --write-level "$levels" >"$work/cluster-$setup.log" 2>&1 &
   cluster_pid=$!
   pids+=("$cluster_pid")
   for i in 0 1 2; do wait_ready $((base + i)); done
-  bench_against "3-node dev-cluster, n=3, fjall, $levels/$levels" "$base"
+  # NOTE: dev-cluster prints this once it saw every node start; killing a
+  # node before that makes it stop the whole cluster as a failed start.
+  for _ in $(seq 1 100); do
+    grep -q "Ctrl-C stops every node" "$work/cluster-$setup.log" && break
+    sleep 0.1
+  done
+  label="3-node dev-cluster, n=3, fjall, $levels/$levels"
+  if [ "$setup" = quorum-down ]; then
+    # NOTE: the node's own config path names exactly the process this run started.
+    pkill -KILL -f -- "$work/cluster-$setup/node3/ringkv.toml"
+    sleep 3
+    label="$label, node3 down"
+  fi
+  bench_against "$label" "$base"
   kill "$cluster_pid"
   wait "$cluster_pid" 2>/dev/null || true
 done

@@ -29,6 +29,18 @@ pub struct Config {
     /// Keyspaces besides `default` (which always exists; listing it here
     /// overrides its properties).
     pub keyspaces: Vec<KeyspaceConfig>,
+    /// Test hooks, all off by default.
+    pub debug: DebugConfig,
+}
+
+/// Hooks for the fault tests; never for production.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Serve `POST /v1/debug/faults`, which cuts, drops and delays links to
+    /// peers (internode calls and gossip) and skews this node's clock
+    /// (`ringkv server --enable-fault-injection`). Default: false.
+    pub fault_injection: bool,
 }
 
 /// Identity and listeners.
@@ -185,6 +197,24 @@ pub struct ClusterConfig {
     /// Time between gossip rounds, ms; failure detection takes about 8-10
     /// rounds. Default: 250.
     pub gossip_interval_ms: u64,
+    /// How long a hint (a write kept for a primary that missed it) is kept
+    /// for delivery, ms; older hints are dropped and anti-entropy repairs
+    /// the difference. Default: 10 800 000 (3 h).
+    pub hint_window_ms: u64,
+    /// Most bytes of hints kept for one target node; past it new hints for
+    /// that node are dropped (counted), client writes never refused.
+    /// Default: 256 MiB.
+    pub hint_max_bytes_per_target: u64,
+    /// Mean time between anti-entropy rounds, ms (each round compares every
+    /// partition this node holds with its other replicas; jittered by
+    /// ±20 %); 0 turns anti-entropy off. Default: 60 000.
+    pub aae_interval_ms: u64,
+    /// Most anti-entropy partition exchanges started per second. Default: 100.
+    pub aae_max_partitions_per_sec: u32,
+    /// One quorum read in this many also reads, after answering, the
+    /// primaries it did not ask and repairs the stale ones; 0 turns this off
+    /// (anti-entropy still repairs them). Default: 100.
+    pub background_read_repair_every: u64,
 }
 
 impl Default for ClusterConfig {
@@ -196,6 +226,11 @@ impl Default for ClusterConfig {
             request_timeout_ms: 2000,
             seeds: Vec::new(),
             gossip_interval_ms: 250,
+            hint_window_ms: 3 * 3_600_000,
+            hint_max_bytes_per_target: 256 << 20,
+            aae_interval_ms: 60_000,
+            aae_max_partitions_per_sec: 100,
+            background_read_repair_every: 100,
         }
     }
 }
@@ -219,6 +254,10 @@ pub struct MemberConfig {
 fn default_capacity() -> u32 {
     1
 }
+
+/// Longest node name, bytes (hint queues and frames carry it with a
+/// one-byte length).
+pub const MAX_NODE_NAME_BYTES: usize = 255;
 
 /// Shortest cluster secret accepted.
 pub const MIN_SECRET_BYTES: usize = 16;
@@ -325,6 +364,15 @@ impl Config {
         if self.node.name.is_empty() {
             return fail("node.name must not be empty".into());
         }
+        if let Some(long) = std::iter::once(&self.node.name)
+            .chain(self.cluster.nodes.iter().map(|m| &m.name))
+            .find(|name| name.len() > MAX_NODE_NAME_BYTES)
+        {
+            return fail(format!(
+                "node name {long:?} is {} bytes: at most {MAX_NODE_NAME_BYTES}",
+                long.len()
+            ));
+        }
         if self.node.requirepass.as_deref() == Some("") {
             return fail(
                 "node.requirepass is empty: remove it to disable AUTH, or set a password".into(),
@@ -332,6 +380,29 @@ impl Config {
         }
         self.validate_cluster()?;
         self.validate_keyspaces()
+    }
+
+    /// Longest time between two anti-entropy exchanges of one partition
+    /// replica, ms: the interval plus its 20% jitter plus one round (every
+    /// partition of every keyspace with each other replica, at
+    /// `aae_max_partitions_per_sec`). `None` when anti-entropy is off. A
+    /// round slowed by timeouts or a peer that stays down can take longer:
+    /// the grace must cover such outages too.
+    pub fn aae_period_ms(&self) -> Option<u64> {
+        let c = &self.cluster;
+        if c.aae_interval_ms == 0 {
+            return None;
+        }
+        // NOTE: a round compares each partition with each other replica.
+        let nodes = c.nodes.len().max(1) as u64;
+        let peers: u64 = self
+            .all_keyspaces()
+            .iter()
+            .map(|k| u64::from(k.n).min(nodes).saturating_sub(1).max(1))
+            .sum();
+        let exchanges = u64::from(c.partitions) * peers;
+        let round_ms = exchanges * 1000 / u64::from(c.aae_max_partitions_per_sec.max(1));
+        Some(c.aae_interval_ms + c.aae_interval_ms / 5 + round_ms)
     }
 
     /// True when this node is part of a multi-node cluster.
@@ -389,11 +460,47 @@ impl Config {
                 c.gossip_interval_ms
             ));
         }
+        if c.aae_interval_ms != 0 && c.aae_interval_ms < 100 {
+            return fail(format!(
+                "cluster.aae_interval_ms = {}: must be at least 100, or 0 to turn anti-entropy off",
+                c.aae_interval_ms
+            ));
+        }
+        if c.aae_max_partitions_per_sec == 0 {
+            return fail("cluster.aae_max_partitions_per_sec must be at least 1".into());
+        }
         if self.gossip_addr().port() == 0 {
             return fail(
                 "node.gossip_addr (or node.peer_addr, its default) needs a fixed port: peers gossip back to it"
                     .into(),
             );
+        }
+        if c.hint_window_ms == 0 || c.hint_max_bytes_per_target == 0 {
+            return fail(
+                "cluster.hint_window_ms and cluster.hint_max_bytes_per_target must be at least 1"
+                    .into(),
+            );
+        }
+        let grace = self.storage.tombstone_grace_ms;
+        // NOTE: a hint's age is measured on its holder's clock and a
+        // tombstone's on its replica's, so the skew allowed between them
+        // and a delivery that waits a request timeout count too.
+        let hint_bound = c.hint_window_ms + self.limits.max_clock_skew_ms + c.request_timeout_ms;
+        if grace <= hint_bound {
+            return fail(format!(
+                "storage.tombstone_grace_ms = {grace} must be longer than cluster.hint_window_ms + \
+                 limits.max_clock_skew_ms + cluster.request_timeout_ms = {hint_bound}: \
+                 a hint delivered after its tombstone was purged would bring a deleted key back"
+            ));
+        }
+        if let Some(period) = self.aae_period_ms()
+            && grace <= period
+        {
+            return fail(format!(
+                "storage.tombstone_grace_ms = {grace} must be longer than the anti-entropy period \
+                 ({period} ms: cluster.aae_interval_ms + 20% jitter + one round at \
+                 aae_max_partitions_per_sec): a replica must be compared before its tombstones are purged"
+            ));
         }
         if let Some(seed) = c.seeds.iter().find(|s| !s.contains(':')) {
             return fail(format!(
@@ -480,6 +587,12 @@ mod tests {
         assert_eq!(c.storage.fsync, FsyncPolicy::Everysec);
         let names: Vec<_> = c.all_keyspaces().into_iter().map(|k| k.name).collect();
         assert_eq!(names, ["default", "cache"]);
+        assert!(
+            !c.debug.fault_injection,
+            "fault injection is off by default"
+        );
+        let c: Config = toml::from_str("[debug]\nfault_injection = true\n").unwrap();
+        assert!(c.debug.fault_injection);
     }
 
     #[test]
@@ -520,8 +633,57 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("host:port"));
         c.cluster.seeds = vec!["seed.example:7381".into()];
         assert_eq!(c.gossip_seeds(), ["seed.example:7381"]);
+        c.cluster.aae_interval_ms = 50;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("aae_interval_ms")
+        );
+        c.cluster.aae_interval_ms = 0;
+        c.validate().unwrap();
+        c.cluster.aae_max_partitions_per_sec = 0;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("aae_max_partitions_per_sec")
+        );
+        c.cluster.aae_max_partitions_per_sec = 1;
         c.cluster.nodes.push(member("node2", 3));
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        c.cluster.nodes.pop();
+        c.validate().unwrap();
+        c.storage.tombstone_grace_ms = c.cluster.hint_window_ms;
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("tombstone_grace_ms"), "{error}");
+        assert!(error.contains("hint_window_ms"), "{error}");
+        c.cluster.hint_window_ms = 1000;
+        c.cluster.aae_interval_ms = 60_000;
+        c.cluster.aae_max_partitions_per_sec = 100;
+        // 1024 partitions at 100 a second: a round takes 10.24 s.
+        assert_eq!(c.aae_period_ms(), Some(60_000 + 12_000 + 10_240));
+        c.storage.tombstone_grace_ms = 82_240;
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("anti-entropy period"), "{error}");
+        c.storage.tombstone_grace_ms = 82_241;
+        c.validate().unwrap();
+        c.cluster.aae_interval_ms = 0;
+        c.storage.tombstone_grace_ms = 63_000;
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("max_clock_skew_ms"), "{error}");
+        c.storage.tombstone_grace_ms = 63_001;
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn node_names_are_bounded() {
+        let mut c = Config::default();
+        c.node.name = "n".repeat(MAX_NODE_NAME_BYTES);
+        c.validate().unwrap();
+        c.node.name.push('n');
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("at most 255"), "{error}");
     }
 
     #[test]

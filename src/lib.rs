@@ -13,15 +13,20 @@
 //! - [`membership`]: who is in the cluster and who is up (chitchat gossip).
 //! - [`coordinator`]: the `Store` trait, the local store, command semantics,
 //!   the expiry sweep.
+//! - [`aae`]: anti-entropy: per-partition Merkle trees and their exchange.
 //! - [`resp`]: the Redis protocol: codec, frames, commands, server.
 //! - [`http`]: `/health` and `/metrics`.
 //! - [`node`]: wires one node together from a config; start and shutdown.
+//! - [`fault_injection`]: test hooks (off by default) that cut, drop and
+//!   delay a node's links and skew its clock.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod aae;
 pub mod config;
 pub mod coordinator;
+pub mod fault_injection;
 pub mod http;
 pub mod membership;
 pub mod net;

@@ -1,5 +1,6 @@
 //! One ringkv node wired together from a [`Config`]: engine, store, expiry
-//! sweep, fsync task, RESP and HTTP servers.
+//! sweep, fsync task, RESP and HTTP servers; in a cluster also the peer
+//! server, gossip and anti-entropy.
 //!
 //! Invariant: [`Node::shutdown`] stops the front doors before the final
 //! fsync, so every write acknowledged before it returns is on disk.
@@ -11,16 +12,25 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aae::{AaeConfig, AaeHandle, RepairLog, Scheduler, spawn_aae};
 use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
 use crate::coordinator::{
-    Keyspaces, LocalStore, LocalStoreConfig, QuorumConfig, QuorumStore, ReplicaHandler, Store,
-    StoreError, SweepConfig, SweepHandle, spawn_expiry_sweep,
+    HintConfig, HintDeliveryHandle, Hints, Keyspaces, LocalStore, LocalStoreConfig,
+    MAX_LATE_WRITES, QuorumConfig, QuorumStore, ReplicaHandler, Store, StoreError, SweepConfig,
+    SweepHandle, spawn_expiry_sweep, spawn_hint_delivery,
 };
-use crate::http::{HttpServerHandle, HttpState, metrics_handle, spawn_http};
+use crate::fault_injection::FaultInjector;
+use crate::http::{
+    AntiEntropyView, HttpServerHandle, HttpState, PartitionExchange, RepairView, metrics_handle,
+    spawn_http,
+};
 use crate::membership::{
-    ClusterView, GossipConfig, MemberView, Membership, MembershipHandle, spawn_gossip,
+    ClusterView, FilteredGossipTransport, GossipConfig, MemberView, Membership, MembershipHandle,
+    spawn_gossip,
 };
-use crate::net::{PeerConfig, PeerServerHandle, TcpTransport, bind_peer_server};
+use crate::net::{
+    FaultTable, FaultyTransport, PeerConfig, PeerServerHandle, TcpTransport, bind_peer_server,
+};
 use crate::resp::codec::DecodeLimits;
 use crate::resp::{RespConfig, RespServer, RespServerHandle};
 use crate::ring::{Layout, NodeSpec};
@@ -56,6 +66,8 @@ pub struct Node {
     http: HttpServerHandle,
     peer: Option<PeerServerHandle>,
     membership: Option<MembershipHandle>,
+    hints: Option<HintParts>,
+    aae: Option<AaeHandle>,
     sweep: SweepHandle,
     fsync_stop_tx: watch::Sender<bool>,
     fsync_task: Option<JoinHandle<()>>,
@@ -80,6 +92,41 @@ fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
     })
 }
 
+/// Hint block cache: hints are written once and read once, in order.
+const HINT_CACHE_BYTES: u64 = 4 << 20;
+
+/// How often hints are offered to the targets that are up.
+const HINT_DELIVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The hints engine: its own database under `data_dir/hints`, so hint
+/// churn never compacts with the data.
+fn open_hint_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
+    Ok(match config.storage.engine {
+        EngineKind::Memory => Arc::new(MemoryEngine::new()),
+        EngineKind::Fjall => Arc::new(FjallEngine::open(
+            &config.storage.data_dir.join("hints"),
+            HINT_CACHE_BYTES,
+        )?),
+    })
+}
+
+/// The fault hooks, if `debug.fault_injection` is on.
+fn fault_injector(config: &Config) -> Option<Arc<FaultInjector>> {
+    if !config.debug.fault_injection {
+        return None;
+    }
+    tracing::warn!(
+        "fault injection enabled: POST /v1/debug/faults can cut this node's links and skew its clock; \
+         for tests only"
+    );
+    let seed = node_id(&config.node.name).into();
+    Some(Arc::new(FaultInjector::new(
+        config.node.name.clone(),
+        config.cluster.nodes.clone(),
+        seed,
+    )))
+}
+
 /// The node id used to break timestamp ties: a hash of the node's name.
 fn node_id(name: &str) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) >> 32) as u32
@@ -93,7 +140,11 @@ impl Node {
         let engine = open_engine(&config)?;
         let engine_kind = engine.kind();
         let keyspaces = Keyspaces::new(config.all_keyspaces());
-        let clock = Arc::new(SystemClock);
+        let faults = fault_injector(&config);
+        let clock: Arc<dyn Clock> = match &faults {
+            Some(faults) => faults.clock(),
+            None => Arc::new(SystemClock),
+        };
         let store = Arc::new(LocalStore::open(LocalStoreConfig {
             engine,
             hlc: Arc::new(Hlc::new(clock, config.limits.max_clock_skew_ms)),
@@ -114,21 +165,39 @@ impl Node {
                 partitions: config.cluster.partitions,
             },
         );
-        let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
-        let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec)
-            .then(|| tokio::spawn(fsync_every_second(store.clone(), fsync_stop_rx)));
-        let (resp, peer, membership, cluster_view) = if config.is_clustered() {
-            let parts = start_cluster(&config, engine_kind, store.clone()).await?;
+        let (resp, peer, membership, aae, cluster_view, hints) = if config.is_clustered() {
+            let parts = start_cluster(&config, engine_kind, store.clone(), faults.as_ref()).await?;
             (
                 parts.resp,
                 Some(parts.peer),
                 Some(parts.membership),
+                parts.aae,
                 parts.view,
+                Some(parts.hints),
             )
         } else {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
-            (resp, None, None, single_node_view(&config))
+            (resp, None, None, None, single_node_view(&config), None)
         };
+        let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
+        let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec).then(|| {
+            let hints = hints.as_ref().map(|h| h.hints.clone());
+            tokio::spawn(fsync_every_second(store.clone(), hints, fsync_stop_rx))
+        });
+        let repair_hints = hints.as_ref().map(|h| h.hints.clone());
+        let repair_log = aae.as_ref().map(AaeHandle::repair_log);
+        let node_name = config.node.name.clone();
+        let aae_interval_ms = config.cluster.aae_interval_ms;
+        let repair = Arc::new(move || RepairView {
+            node: node_name.clone(),
+            hints: repair_hints
+                .as_ref()
+                .map(|h| h.queues())
+                .unwrap_or_default(),
+            anti_entropy: repair_log
+                .as_ref()
+                .map(|log| anti_entropy_view(log, aae_interval_ms)),
+        });
         let stats_store = store.clone();
         let http_state = HttpState {
             node_name: config.node.name.clone(),
@@ -136,6 +205,8 @@ impl Node {
             stats: Arc::new(move || stats_store.stats()),
             metrics,
             cluster: cluster_view,
+            repair,
+            faults,
         };
         let http = spawn_http(config.node.http_addr, http_state)
             .await
@@ -149,6 +220,8 @@ impl Node {
             http,
             peer,
             membership,
+            hints,
+            aae,
             sweep,
             fsync_stop_tx,
             fsync_task,
@@ -170,8 +243,17 @@ impl Node {
         self.peer.as_ref().map(PeerServerHandle::local_addr)
     }
 
+    /// Anti-entropy's per-partition last exchanges, in a cluster with
+    /// anti-entropy on (for `GET /v1/repair`).
+    pub fn repair_log(&self) -> Option<Arc<RepairLog>> {
+        self.aae.as_ref().map(AaeHandle::repair_log)
+    }
+
     /// Stops serving, then fsyncs everything.
     pub async fn shutdown(self) -> Result<(), StoreError> {
+        if let Some(aae) = self.aae {
+            aae.shutdown().await;
+        }
         self.resp.shutdown().await;
         if let Some(peer) = self.peer {
             peer.shutdown().await;
@@ -180,6 +262,28 @@ impl Node {
             membership.shutdown().await;
         }
         self.http.shutdown().await;
+        if let Some(HintParts {
+            hints,
+            delivery,
+            background,
+        }) = self.hints
+        {
+            // NOTE: late replica writes may still be turning into hints;
+            // wait (bounded) for them before the last fsync of the hints.
+            let all = MAX_LATE_WRITES as u32;
+            if tokio::time::timeout(SHUTDOWN_DRAIN, background.acquire_many(all))
+                .await
+                .is_err()
+            {
+                tracing::warn!("background replica writes still running at shutdown");
+            }
+            delivery.shutdown().await;
+            match tokio::task::spawn_blocking(move || hints.sync_to_disk()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "fsync of hints at shutdown failed"),
+                Err(e) => tracing::error!(error = %e, "fsync of hints at shutdown: task failed"),
+            }
+        }
         self.sweep.shutdown().await;
         let _ = self.fsync_stop_tx.send(true);
         if let Some(task) = self.fsync_task {
@@ -195,6 +299,29 @@ impl Node {
                     source: std::io::Error::other(e.to_string()),
                 })
             })?
+    }
+}
+
+/// What `GET /v1/repair` shows of the anti-entropy log.
+fn anti_entropy_view(log: &RepairLog, interval_ms: u64) -> AntiEntropyView {
+    AntiEntropyView {
+        rounds: log.rounds(),
+        interval_ms,
+        exchanges: log
+            .last_exchanges()
+            .into_iter()
+            .map(|e| PartitionExchange {
+                keyspace: e.keyspace,
+                partition: e.partition,
+                peer: e.peer,
+                at_ms: e.at_ms,
+                in_sync: e.report.in_sync,
+                pulled: e.report.pulled as u64,
+                pushed: e.report.pushed as u64,
+                bytes: e.report.bytes,
+                error: e.error,
+            })
+            .collect(),
     }
 }
 
@@ -231,8 +358,21 @@ struct ClusterParts {
     resp: RespServerHandle,
     peer: PeerServerHandle,
     membership: MembershipHandle,
+    aae: Option<AaeHandle>,
     view: ViewFn,
+    hints: HintParts,
 }
+
+/// The hinted-handoff parts of a clustered node.
+struct HintParts {
+    hints: Arc<Hints>,
+    delivery: HintDeliveryHandle,
+    /// Permits of the coordinator's background replica writes.
+    background: Arc<tokio::sync::Semaphore>,
+}
+
+/// Longest wait at shutdown for background replica writes to finish.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// A node alone: it owns every partition and is up.
 fn single_node_view(config: &Config) -> ViewFn {
@@ -260,16 +400,25 @@ async fn start_cluster(
     config: &Config,
     engine: &'static str,
     local: Arc<LocalStore>,
+    faults: Option<&Arc<FaultInjector>>,
 ) -> Result<ClusterParts, StartError> {
     let secret = config.cluster.secret.clone().unwrap_or_default();
     let mut peer_config = PeerConfig::new(config.node.name.clone(), secret.clone());
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
-    let transport = Arc::new(TcpTransport::new(peer_config.clone()));
+    // NOTE: without fault injection the table stays empty and the fault
+    // layer costs one atomic load per call.
+    let links = faults.map_or_else(FaultTable::default, |f| f.links().clone());
+    let transport = Arc::new(FaultyTransport::new(
+        TcpTransport::new(peer_config.clone()),
+        config.node.name.clone(),
+        links,
+        peer_config.request_timeout,
+    ));
     // NOTE: the configured addresses are a starting point; gossip replaces
     // them with what each peer publishes (see `spawn_gossip`).
     for member in &config.cluster.nodes {
         if member.name != config.node.name {
-            transport.set_peer(&member.name, member.peer_addr);
+            transport.inner().set_peer(&member.name, member.peer_addr);
         }
     }
     let layout = static_layout(config)?;
@@ -280,38 +429,95 @@ async fn start_cluster(
         "cluster layout computed"
     );
     let layout_version = layout.version();
-    let quorum = Arc::new(QuorumStore::new(
-        QuorumConfig {
-            node_name: config.node.name.clone(),
-            node_id: node_id(&config.node.name),
-            partitions: config.cluster.partitions,
+    let membership = Membership::new(config.node.name.clone(), config.cluster.nodes.clone());
+    let hints = Arc::new(Hints::open(
+        open_hint_engine(config)?,
+        HintConfig {
+            window_ms: config.cluster.hint_window_ms,
+            max_bytes_per_target: config.cluster.hint_max_bytes_per_target,
+            sync_each: config.storage.fsync == FsyncPolicy::Always,
         },
-        local.clone(),
+        local.hlc().clone(),
+    )?);
+    let queued: u64 = hints.queues().values().map(|q| q.hints).sum();
+    if queued > 0 {
+        tracing::info!(
+            hints = queued,
+            "hints loaded, to deliver when their targets are up"
+        );
+    }
+    let live = membership.clone();
+    let is_up: crate::coordinator::Liveness = Arc::new(move |name: &str| live.is_up(name));
+    let quorum = Arc::new(
+        QuorumStore::new(
+            QuorumConfig {
+                node_name: config.node.name.clone(),
+                node_id: node_id(&config.node.name),
+                partitions: config.cluster.partitions,
+            },
+            local.clone(),
+            transport.clone(),
+            layout,
+        )
+        .with_hints(hints.clone())
+        .with_liveness(is_up.clone())
+        .with_background_repair_every(config.cluster.background_read_repair_every),
+    );
+    let background = quorum.background_writes();
+    let delivery = spawn_hint_delivery(
+        hints.clone(),
         transport.clone(),
-        layout,
-    ));
-    let handler = Arc::new(ReplicaHandler::new(local));
+        is_up,
+        HINT_DELIVERY_INTERVAL,
+    );
+    let handler = Arc::new(ReplicaHandler::new(local.clone()).with_hints(hints.clone()));
     let peer = bind_peer_server(config.node.peer_addr, peer_config, handler)
         .await
         .map_err(|source| StartError::Bind {
             addr: config.node.peer_addr,
             source,
         })?;
-    let membership = Membership::new(config.node.name.clone(), config.cluster.nodes.clone());
     let gossip = gossip_config(config, secret, peer.local_addr(), layout_version);
     let gossip_addr = gossip.listen_addr;
+    membership.set_own_gossip_addr(gossip.advertise_addr);
     let follow = transport.clone();
+    let udp = chitchat::transport::UdpTransport;
+    let filtered;
+    let gossip_transport: &dyn chitchat::transport::Transport = match faults {
+        Some(faults) => {
+            faults.follow_membership(membership.clone());
+            filtered = FilteredGossipTransport::new(udp, faults.gossip_blocklist().clone());
+            &filtered
+        }
+        None => &udp,
+    };
     let membership_handle = spawn_gossip(
         gossip,
         membership.clone(),
-        &chitchat::transport::UdpTransport,
-        Box::new(move |name, addr| follow.set_peer(name, addr)),
+        gossip_transport,
+        Box::new(move |name, addr| follow.inner().set_peer(name, addr)),
     )
     .await
     .map_err(|e| StartError::Bind {
         addr: gossip_addr,
         source: std::io::Error::other(e.to_string()),
     })?;
+    let aae = (config.cluster.aae_interval_ms > 0).then(|| {
+        let layout_store = quorum.clone();
+        let up = membership.clone();
+        spawn_aae(Scheduler::new(
+            AaeConfig {
+                node_name: config.node.name.clone(),
+                interval: Duration::from_millis(config.cluster.aae_interval_ms),
+                max_partitions_per_sec: config.cluster.aae_max_partitions_per_sec,
+                tombstone_grace_ms: config.storage.tombstone_grace_ms,
+            },
+            local,
+            transport,
+            Arc::new(move || layout_store.layout()),
+            Arc::new(move |peer: &str| up.is_up(peer)),
+        ))
+    });
     let view_store = quorum.clone();
     let view: ViewFn = Arc::new(move || membership.view(&view_store.layout()));
     let resp = start_resp(config, engine, quorum).await?;
@@ -319,7 +525,13 @@ async fn start_cluster(
         resp,
         peer,
         membership: membership_handle,
+        aae,
         view,
+        hints: HintParts {
+            hints,
+            delivery,
+            background,
+        },
     })
 }
 
@@ -392,8 +604,13 @@ async fn start_resp<S: Store>(
         .map_err(bind_err)
 }
 
-/// The `everysec` policy: fsync once a second off the request path.
-async fn fsync_every_second(store: Arc<LocalStore>, mut stop_rx: watch::Receiver<bool>) {
+/// The `everysec` policy: fsync the data (and the hints, in a cluster) once
+/// a second off the request path.
+async fn fsync_every_second(
+    store: Arc<LocalStore>,
+    hints: Option<Arc<Hints>>,
+    mut stop_rx: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -402,7 +619,12 @@ async fn fsync_every_second(store: Arc<LocalStore>, mut stop_rx: watch::Receiver
             _ = stop_rx.changed() => return,
         }
         let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.sync_to_disk()).await {
+        let hints = hints.clone();
+        let synced = tokio::task::spawn_blocking(move || {
+            store.sync_to_disk()?;
+            hints.map_or(Ok(()), |h| h.sync_to_disk())
+        });
+        match synced.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "background fsync failed"),
             Err(e) => tracing::error!(error = %e, "background fsync task failed"),

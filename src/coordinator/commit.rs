@@ -62,8 +62,8 @@ impl std::fmt::Debug for GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the committer task for `engine`, flushing to `durability`.
-    /// Must be called inside a tokio runtime.
+    /// Commits for `engine` to `durability`, starting the committer task
+    /// when fsyncs are needed. Must be called inside a tokio runtime.
     pub(crate) fn spawn(engine: Arc<dyn Engine>, durability: Durability) -> Arc<Self> {
         let group = Arc::new(Self {
             engine: engine.clone(),
@@ -74,7 +74,11 @@ impl GroupCommit {
             wake: Notify::new(),
             state_tx: watch::Sender::new(CommitState::default()),
         });
-        tokio::spawn(run_committer(group.clone(), engine, durability));
+        // NOTE: Buffer commits flush inline (`flush_inline`) and never wake
+        // the committer, so it only runs for Sync.
+        if durability == Durability::Sync {
+            tokio::spawn(run_committer(group.clone(), engine, durability));
+        }
         group
     }
 

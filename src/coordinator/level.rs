@@ -53,6 +53,9 @@ pub struct Consistency {
     pub read: Level,
     /// Replicas that must acknowledge a write.
     pub write: Level,
+    /// Sloppy quorum for writes: hinted copies on fallbacks count toward
+    /// `write` when primaries fail.
+    pub sloppy: bool,
 }
 
 impl Default for Consistency {
@@ -61,6 +64,7 @@ impl Default for Consistency {
         Self {
             read: Level::Quorum,
             write: Level::Quorum,
+            sloppy: false,
         }
     }
 }

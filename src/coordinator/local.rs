@@ -2,7 +2,9 @@
 //!
 //! Invariant: all writes of one key go through the key's stripe lock, so the
 //! read-evaluate-write of a command is atomic, and `live_keys` moves exactly
-//! when a key changes between holding a value and holding none.
+//! when a key changes between holding a value and holding none. Every engine
+//! write goes through `replace_locked`, which also keeps the anti-entropy
+//! trees ([`crate::aae::Trees`]) equal to what is stored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,9 +14,10 @@ use parking_lot::Mutex;
 
 use super::commit::GroupCommit;
 use super::{
-    Consistency, Decision, Entry, KeyspaceId, Keyspaces, Level, Placement, Store, StoreError,
-    StoreStats, WriteCmd, WriteOutcome,
+    Consistency, Decision, Entry, KeyspaceId, Keyspaces, Level, Placement, ReplicaView, Store,
+    StoreError, StoreStats, WriteCmd, WriteOutcome,
 };
+use crate::aae::Trees;
 use crate::config::FsyncPolicy;
 use crate::ring;
 use crate::storage::{Durability, Engine, keys};
@@ -54,6 +57,8 @@ pub struct LocalStore {
     live_keys: Box<[AtomicI64]>,
     /// Shares engine flushes between connections.
     group: Arc<GroupCommit>,
+    /// One anti-entropy tree per (keyspace, partition), lock-free.
+    trees: Trees,
 }
 
 impl Drop for LocalStore {
@@ -87,6 +92,7 @@ impl LocalStore {
         };
         let engine_for_commits = config.engine.clone();
         let store = Self {
+            trees: Trees::new(config.keyspaces.len(), config.partitions),
             live_keys: (0..config.keyspaces.len())
                 .map(|_| AtomicI64::new(0))
                 .collect(),
@@ -113,6 +119,13 @@ impl LocalStore {
         &self.hlc
     }
 
+    /// The anti-entropy trees, kept equal to what is stored.
+    pub fn aae_trees(&self) -> &Trees {
+        &self.trees
+    }
+
+    /// Counts the live keys and builds the anti-entropy trees: the one
+    /// start-up scan.
     fn count_keys(&self) -> Result<(), StoreError> {
         let mut cursor = Vec::new();
         loop {
@@ -127,6 +140,9 @@ impl LocalStore {
                 };
                 let record = Record::decode(raw_record)?;
                 let id = self.keyspaces.resolve(&decoded.keyspace);
+                if let Some(id) = id {
+                    self.trees.update(id, &raw_key, None, Some(&record));
+                }
                 if let (Some(id), Payload::Value(_)) = (id, &record.payload) {
                     self.live_keys[id].fetch_add(1, Ordering::Relaxed);
                 }
@@ -152,7 +168,8 @@ impl LocalStore {
     }
 
     /// Replaces the stored record of `storage_key` under its stripe lock,
-    /// keeping the key count right. Used by writes and the expiry sweep.
+    /// keeping the key count and the anti-entropy tree right. Used by writes,
+    /// replica merges and the expiry sweep.
     pub(crate) fn replace_locked(
         &self,
         ks: KeyspaceId,
@@ -164,6 +181,7 @@ impl LocalStore {
             Some(record) => self.engine.put(storage_key.clone(), record.encode())?,
             None => self.engine.remove(storage_key)?,
         }
+        self.trees.update(ks, storage_key, old, new);
         let is_value =
             |r: Option<&Record>| r.is_some_and(|r| matches!(r.payload, Payload::Value(_)));
         match (is_value(old), is_value(new)) {
@@ -300,6 +318,13 @@ impl Store for LocalStore {
 
     fn now_ms(&self) -> u64 {
         self.hlc.wall_ms()
+    }
+
+    async fn inspect(&self, ks: KeyspaceId, key: &[u8]) -> Result<Vec<ReplicaView>, StoreError> {
+        Ok(vec![ReplicaView {
+            node: self.node_name.clone(),
+            held: self.read_stored(ks, key).map_err(|e| e.to_string()),
+        }])
     }
 
     fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError> {

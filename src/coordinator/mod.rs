@@ -9,6 +9,7 @@
 
 mod command;
 mod commit;
+mod hints;
 mod level;
 mod local;
 mod quorum;
@@ -26,9 +27,10 @@ use crate::version::{ClockSkewError, RecordError};
 
 pub use command::{Decision, ExpireCondition, ExpiryUpdate, SetCondition, WriteCmd};
 pub use commit::CommitError;
+pub use hints::{Delivery, HintConfig, HintDeliveryHandle, HintQueue, Hints, spawn_hint_delivery};
 pub use level::{Consistency, Level};
 pub use local::{LocalStore, LocalStoreConfig};
-pub use quorum::{QuorumConfig, QuorumError, QuorumStore};
+pub use quorum::{Liveness, MAX_LATE_WRITES, QuorumConfig, QuorumError, QuorumStore};
 pub use replica::ReplicaHandler;
 pub use sweep::{SweepConfig, SweepHandle, spawn_expiry_sweep};
 
@@ -92,6 +94,11 @@ impl Keyspaces {
             .filter(|&i| i < self.list.len())
     }
 
+    /// Looks a keyspace up by its exact name (as peers send it).
+    pub fn by_name(&self, name: &str) -> Option<KeyspaceId> {
+        self.list.iter().position(|k| k.name == name)
+    }
+
     /// The keyspace's configuration. Ids come from [`Keyspaces::resolve`].
     pub fn get(&self, id: KeyspaceId) -> &KeyspaceConfig {
         &self.list[id]
@@ -151,6 +158,16 @@ pub struct Placement {
     pub fallbacks: Vec<String>,
 }
 
+/// What one replica holds of a key (`KV.INSPECT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// The node holding the replica.
+    pub node: String,
+    /// Its stored record (tombstones and expired values included), or why
+    /// it could not say.
+    pub held: Result<Option<crate::version::Record>, String>,
+}
+
 /// Counters a store reports for INFO and metrics.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStats {
@@ -206,6 +223,13 @@ pub trait Store: Send + Sync + 'static {
     fn concurrent_requests(&self) -> bool {
         false
     }
+
+    /// What each primary of `key` holds (`KV.INSPECT`), in preference order.
+    fn inspect(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+    ) -> impl Future<Output = Result<Vec<ReplicaView>, StoreError>> + Send;
 
     /// Where `key` lives (`KV.WHERE`).
     fn placement(&self, ks: KeyspaceId, key: &[u8]) -> Result<Placement, StoreError>;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{KeyspaceId, LocalStore, Store, StoreError};
+use super::{Hints, KeyspaceId, LocalStore, Store, StoreError};
 use crate::net::{Handler, PeerId, Request, Response};
 use crate::version::Record;
 
@@ -43,22 +43,57 @@ impl LocalStore {
     }
 }
 
+/// Keeps a sloppy-quorum write for `target`, after checking it as a write
+/// would be checked here (known keyspace, a record that decodes, a version
+/// not too far ahead), so a hint is never kept that its target must refuse.
+/// A full queue is a refusal: the coordinator must not count a copy that is
+/// not kept.
+pub(crate) fn store_hint(
+    store: &LocalStore,
+    hints: Option<&Hints>,
+    target: &str,
+    keyspace: &str,
+    key: &[u8],
+    record: Bytes,
+) -> Result<Response, String> {
+    let hints = hints.ok_or("this node keeps no hints")?;
+    if Store::keyspaces(store).by_name(keyspace).is_none() {
+        return Err(format!("unknown keyspace {keyspace:?} on this node"));
+    }
+    let decoded = Record::decode(record.clone()).map_err(|e| format!("corrupt record: {e}"))?;
+    store
+        .hlc()
+        .observe(decoded.version.timestamp)
+        .map_err(|e| e.to_string())?;
+    match hints.add(target, keyspace, key, record) {
+        Ok(true) => Ok(Response::Written),
+        Ok(false) => Err(format!("hint queue for {target} is full")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Serves [`Request`]s from other nodes against the local store.
 pub struct ReplicaHandler {
     store: Arc<LocalStore>,
+    hints: Option<Arc<Hints>>,
 }
 
 impl ReplicaHandler {
     /// A handler over `store`.
     pub fn new(store: Arc<LocalStore>) -> Self {
-        Self { store }
+        Self { store, hints: None }
+    }
+
+    /// Keeps hints (sloppy-quorum writes for other nodes) in `hints`;
+    /// without it hint requests are refused.
+    pub fn with_hints(mut self, hints: Arc<Hints>) -> Self {
+        self.hints = Some(hints);
+        self
     }
 
     fn keyspace(&self, name: &str) -> Result<KeyspaceId, String> {
-        let keyspaces = Store::keyspaces(&*self.store);
-        keyspaces
-            .iter()
-            .position(|k| k.name == name)
+        Store::keyspaces(&*self.store)
+            .by_name(name)
             .ok_or_else(|| format!("unknown keyspace {name:?} on this node"))
     }
 
@@ -88,6 +123,22 @@ impl Handler for ReplicaHandler {
                 .write(&keyspace, &key, record)
                 .await
                 .map(|()| Response::Written),
+            Request::Hint {
+                target,
+                keyspace,
+                key,
+                record,
+            } => store_hint(
+                &self.store,
+                self.hints.as_deref(),
+                &target,
+                &keyspace,
+                &key,
+                record,
+            ),
+            Request::Aae(request) => crate::aae::serve(&self.store, request)
+                .await
+                .map(Response::Aae),
         };
         result.unwrap_or_else(|e| {
             tracing::warn!(peer = %from, error = %e, "replica request failed");

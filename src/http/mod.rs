@@ -1,9 +1,12 @@
-//! The HTTP front door: `GET /health`, `GET /metrics` (Prometheus text) and
-//! `GET /v1/cluster` (JSON: every node as this node sees it).
+//! The HTTP front door: `GET /health`, `GET /metrics` (Prometheus text),
+//! `GET /v1/cluster` (JSON: every node as this node sees it),
+//! `GET /v1/repair` (JSON: this node's hints and anti-entropy exchanges);
+//! with fault injection enabled (tests only), `GET`/`POST /v1/debug/faults`.
 //!
 //! Invariant: gauges that are cheap to read at scrape time (keys, engine
 //! bytes) are set just before rendering, so they are never stale.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -13,12 +16,60 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::coordinator::StoreStats;
+use crate::coordinator::{HintQueue, StoreStats};
+use crate::fault_injection::{FaultInjector, FaultSpec};
 use crate::membership::ClusterView;
+
+/// Repair activity on one node (`GET /v1/repair`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairView {
+    /// The node answering.
+    pub node: String,
+    /// Hints this node keeps, per target node.
+    pub hints: BTreeMap<String, HintQueue>,
+    /// Anti-entropy on this node; `None` when it is off (a single node, or
+    /// `cluster.aae_interval_ms = 0`).
+    pub anti_entropy: Option<AntiEntropyView>,
+}
+
+/// Anti-entropy as one node ran it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyView {
+    /// Rounds completed since start-up.
+    pub rounds: u64,
+    /// Mean time between rounds, ms.
+    pub interval_ms: u64,
+    /// The last exchange of every (keyspace, partition) replica that had one.
+    pub exchanges: Vec<PartitionExchange>,
+}
+
+/// The last anti-entropy exchange of one partition replica.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionExchange {
+    /// Keyspace name.
+    pub keyspace: String,
+    /// Partition.
+    pub partition: u16,
+    /// The replica compared with.
+    pub peer: String,
+    /// When it finished, ms since the epoch.
+    pub at_ms: u64,
+    /// The trees were equal.
+    pub in_sync: bool,
+    /// Keys fetched from the peer and merged here.
+    pub pulled: u64,
+    /// Keys sent to the peer.
+    pub pushed: u64,
+    /// Bytes exchanged.
+    pub bytes: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
 
 /// Buckets of the latency histograms, seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -70,6 +121,11 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     /// The cluster as this node sees it.
     pub cluster: Arc<dyn Fn() -> ClusterView + Send + Sync>,
+    /// This node's repair activity.
+    pub repair: Arc<dyn Fn() -> RepairView + Send + Sync>,
+    /// The fault hooks, when `debug.fault_injection` is on (else the
+    /// debug routes do not exist: 404).
+    pub faults: Option<Arc<FaultInjector>>,
 }
 
 /// A running HTTP server.
@@ -120,19 +176,68 @@ async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
 async fn cluster(State(state): State<HttpState>) -> impl IntoResponse {
     let view = (state.cluster)();
     let body = serde_json::to_string_pretty(&view)
-        .unwrap_or_else(|e| format!("{{\"error\":{:?}}}", e.to_string()));
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
     ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+async fn repair(State(state): State<HttpState>) -> impl IntoResponse {
+    let view = (state.repair)();
+    let body = serde_json::to_string_pretty(&view)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string());
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+fn json_reply(status: StatusCode, body: String) -> axum::response::Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn faults_json(faults: &FaultInjector) -> String {
+    serde_json::to_string(&faults.current())
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+}
+
+/// `GET /v1/debug/faults`: the faults in force.
+async fn get_faults(State(state): State<HttpState>) -> axum::response::Response {
+    match &state.faults {
+        Some(faults) => json_reply(StatusCode::OK, faults_json(faults)),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// `POST /v1/debug/faults` with a [`FaultSpec`]: replaces every fault;
+/// answers the faults now in force, or 400 and why.
+async fn post_faults(
+    State(state): State<HttpState>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let Some(faults) = &state.faults else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let applied = serde_json::from_slice::<FaultSpec>(&body)
+        .map_err(|e| format!("bad fault spec: {e}"))
+        .and_then(|spec| faults.apply(spec).map_err(|e| e.to_string()));
+    match applied {
+        Ok(()) => json_reply(StatusCode::OK, faults_json(faults)),
+        Err(e) => json_reply(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({ "error": e }).to_string(),
+        ),
+    }
 }
 
 /// Binds `addr` and serves until shut down.
 pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<HttpServerHandle> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/v1/cluster", get(cluster))
-        .with_state(state);
+        .route("/v1/repair", get(repair));
+    if state.faults.is_some() {
+        app = app.route("/v1/debug/faults", get(get_faults).post(post_faults));
+    }
+    let app = app.with_state(state);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let shutdown = async move {

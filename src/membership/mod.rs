@@ -18,6 +18,7 @@
 //! the secret on every connection, so a forged address only gets refused
 //! handshakes. Keep gossip ports on a trusted network.
 
+mod filter;
 pub mod gossip;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use std::time::Instant;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+pub use filter::{FilteredGossipTransport, GossipBlocklist};
 pub use gossip::{GossipConfig, MembershipHandle, spawn_gossip};
 
 use crate::config::MemberConfig;
@@ -96,6 +98,8 @@ pub struct Membership {
     members: Vec<MemberConfig>,
     // NOTE: blocking lock, held only to read or update entries, never across an await.
     peers: RwLock<HashMap<String, PeerState>>,
+    /// The gossip address this node advertises, once gossip started.
+    own_gossip_addr: RwLock<Option<SocketAddr>>,
 }
 
 impl Membership {
@@ -118,7 +122,13 @@ impl Membership {
             me,
             members,
             peers: RwLock::new(peers),
+            own_gossip_addr: RwLock::new(None),
         })
+    }
+
+    /// Records the gossip address this node advertises (for [`Self::view`]).
+    pub fn set_own_gossip_addr(&self, addr: SocketAddr) {
+        *self.own_gossip_addr.write() = Some(addr);
     }
 
     /// Applies one round of observations; returns the peers whose TCP
@@ -179,6 +189,12 @@ impl Membership {
         name == self.me || self.peers.read().get(name).is_none_or(|p| p.up)
     }
 
+    /// The gossip address `name` was last heard from, if ever.
+    pub fn gossip_addr(&self, name: &str) -> Option<SocketAddr> {
+        let peers = self.peers.read();
+        peers.get(name)?.seen.as_ref().map(|s| s.gossip_addr)
+    }
+
     /// The cluster as this node sees it, under `layout`.
     pub fn view(&self, layout: &Layout) -> ClusterView {
         let counts = layout.owned_counts();
@@ -203,6 +219,7 @@ impl Membership {
                 };
                 if m.name == self.me {
                     view.layout_version = Some(layout.version());
+                    view.gossip_addr = self.own_gossip_addr.read().map(|a| a.to_string());
                 } else if let Some(p) = peers.get(&m.name) {
                     view.up = p.up;
                     view.last_seen_ms_ago = p.last_seen.map(|t| t.elapsed().as_millis() as u64);

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -91,6 +92,10 @@ impl Faults {
 pub struct FaultTable {
     // NOTE: a plain mutex: held for one lookup per message, never across an await.
     inner: Arc<Mutex<Faults>>,
+    /// False while the table holds no fault at all, so a transport that
+    /// carries an empty table (every node of the real binary) skips the
+    /// lock: one relaxed load per call. Only ever changed under `inner`.
+    active: Arc<AtomicBool>,
 }
 
 impl FaultTable {
@@ -102,13 +107,28 @@ impl FaultTable {
         };
         Self {
             inner: Arc::new(Mutex::new(faults)),
+            active: Arc::default(),
         }
+    }
+
+    /// Runs `change` on the faults and refreshes the `active` flag.
+    fn update<R>(&self, change: impl FnOnce(&mut Faults) -> R) -> R {
+        let mut faults = self.inner.lock();
+        let result = change(&mut faults);
+        let active = !faults.isolated.is_empty() || faults.links.values().any(|l| !l.is_empty());
+        self.active.store(active, Ordering::Release);
+        result
+    }
+
+    /// Whether any link of the table is faulty (cheap: no lock).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
     }
 
     /// Cuts `from -> to`: requests that way fail with `Unreachable`, and
     /// responses that way are lost (their caller times out).
     pub fn cut(&self, from: &str, to: &str) {
-        self.inner.lock().link(from, to).cut = true;
+        self.update(|f| f.link(from, to).cut = true);
     }
 
     /// Cuts both directions between `a` and `b`.
@@ -119,9 +139,11 @@ impl FaultTable {
 
     /// Removes every fault (cut, delay, loss) of `from -> to`; isolation stays.
     pub fn heal(&self, from: &str, to: &str) {
-        if let Some(links) = self.inner.lock().links.get_mut(from) {
-            links.remove(to);
-        }
+        self.update(|f| {
+            if let Some(links) = f.links.get_mut(from) {
+                links.remove(to);
+            }
+        });
     }
 
     /// Heals both directions between `a` and `b`.
@@ -132,30 +154,31 @@ impl FaultTable {
 
     /// Removes every fault of every link, and every isolation.
     pub fn heal_all(&self) {
-        let mut faults = self.inner.lock();
-        faults.links.clear();
-        faults.isolated.clear();
+        self.update(|f| {
+            f.links.clear();
+            f.isolated.clear();
+        });
     }
 
     /// Delays every message `from -> to` by `delay`.
     pub fn set_delay(&self, from: &str, to: &str, delay: Duration) {
-        self.inner.lock().link(from, to).delay = delay;
+        self.update(|f| f.link(from, to).delay = delay);
     }
 
     /// Loses each message `from -> to` with probability `p` (clamped to [0, 1]).
     pub fn set_drop_probability(&self, from: &str, to: &str, p: f64) {
-        self.inner.lock().link(from, to).drop_probability = p.clamp(0.0, 1.0);
+        self.update(|f| f.link(from, to).drop_probability = p.clamp(0.0, 1.0));
     }
 
     /// Cuts every link to and from `node`, including links to nodes that
     /// join later, until [`FaultTable::rejoin`] or [`FaultTable::heal_all`].
     pub fn isolate(&self, node: &str) {
-        self.inner.lock().isolated.insert(node.to_owned());
+        self.update(|f| f.isolated.insert(node.to_owned()));
     }
 
     /// Ends the isolation of `node` (per-link faults stay).
     pub fn rejoin(&self, node: &str) {
-        self.inner.lock().isolated.remove(node);
+        self.update(|f| f.isolated.remove(node));
     }
 
     /// Whether messages `from -> to` are cut (by the link or an isolation).
@@ -239,6 +262,9 @@ impl<T: Transport> FaultyTransport<T> {
 
 impl<T: Transport> Transport for FaultyTransport<T> {
     async fn call(&self, to: &PeerId, request: Request) -> Result<Response, NetError> {
+        if !self.faults.is_active() {
+            return self.inner.call(to, request).await;
+        }
         let deadline = Instant::now() + self.request_timeout;
         let request_fate = self.faults.fate(&self.me, to);
         if request_fate == Fate::Cut {
@@ -279,8 +305,17 @@ mod tests {
         assert_eq!(t.fate("a", "b"), Fate::Deliver(Duration::ZERO));
         t.isolate("c");
         assert!(t.is_cut("c", "a") && t.is_cut("a", "c"));
+        assert!(t.is_active());
         t.heal_all();
         assert!(!t.is_cut("c", "a"));
+        assert!(!t.is_active(), "an empty table is inactive");
+        t.set_delay("a", "b", Duration::from_millis(5));
+        assert!(t.is_active());
+        t.heal("a", "b");
+        assert!(
+            !t.is_active(),
+            "healing the last faulty link deactivates the table"
+        );
     }
 
     #[test]

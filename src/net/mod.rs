@@ -7,6 +7,7 @@
 //! - `frame`: the versioned wire format and the batching writer.
 //! - `auth`: the cluster-secret handshake.
 //! - `tcp` / `server`: [`TcpTransport`] and [`spawn_peer_server`].
+//! - `aae`: the anti-entropy messages ([`AaeRequest`], [`AaeResponse`]).
 //! - `memory` / `fault`: [`MemNetwork`] for socket-free cluster tests, the
 //!   [`FaultTable`] of cut, delayed and lossy links, [`FaultyTransport`].
 //!
@@ -16,6 +17,7 @@
 
 use std::future::Future;
 
+mod aae;
 mod auth;
 mod fault;
 mod frame;
@@ -23,6 +25,7 @@ mod memory;
 mod server;
 mod tcp;
 
+pub use aae::{AaeRequest, AaeResponse, KeyDigest};
 pub use fault::{FaultTable, FaultyTransport};
 pub use frame::PROTOCOL_VERSION;
 pub use memory::{BoxedHandler, MemNetwork, MemTransport};
@@ -57,6 +60,23 @@ pub enum Request {
         /// The encoded record.
         record: Bytes,
     },
+    /// Keep this write as a hint for `target`, a primary that missed it,
+    /// and deliver it when `target` is alive (sloppy quorum: the receiver
+    /// is a fallback standing in for `target`). Answered with
+    /// [`Response::Written`] once the hint is stored.
+    Hint {
+        /// The primary the write is for.
+        target: String,
+        /// Keyspace name.
+        keyspace: String,
+        /// User key.
+        key: Bytes,
+        /// The encoded record.
+        record: Bytes,
+    },
+    /// One step of an anti-entropy exchange (appended last so the older
+    /// variants keep their wire tags).
+    Aae(AaeRequest),
 }
 
 /// A replica's answer.
@@ -71,6 +91,8 @@ pub enum Response {
     Written,
     /// The replica failed the request.
     Error(String),
+    /// Answer to [`Request::Aae`].
+    Aae(AaeResponse),
 }
 
 /// Why a call got no answer.

@@ -44,7 +44,8 @@ impl Handler for TestHandler {
                 }
                 Response::Record(Some(key))
             }
-            Request::Write { .. } => Response::Written,
+            Request::Write { .. } | Request::Hint { .. } => Response::Written,
+            Request::Aae(_) => Response::Error("not served".into()),
         }
     }
 }

@@ -208,6 +208,7 @@ commands! {
     KvPut => "kv.put", -3, W;
     KvDel => "kv.del", -2, W;
     KvWhere => "kv.where", 2, R;
+    KvInspect => "kv.inspect", 2, R;
 }
 
 impl Cmd {
@@ -297,6 +298,7 @@ async fn run<S: Store>(cmd: Cmd, cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
         KvPut => kv_cmds::kv_put(cx, args).await,
         KvDel => kv_cmds::kv_del(cx, args).await,
         KvWhere => kv_cmds::kv_where(cx, args),
+        KvInspect => kv_cmds::kv_inspect(cx, args).await,
     }
 }
 

@@ -174,13 +174,21 @@ pub(crate) fn consistency<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
     let Consistency {
         mut read,
         mut write,
+        mut sloppy,
     } = cx.session.consistency;
-    while let [which, level, tail @ ..] = rest {
-        let level = parse_level(level)?;
+    while let [which, value, tail @ ..] = rest {
         if is(which, "READ") {
-            read = level;
+            read = parse_level(value)?;
         } else if is(which, "WRITE") {
-            write = level;
+            write = parse_level(value)?;
+        } else if is(which, "SLOPPY") {
+            sloppy = if is(value, "ON") {
+                true
+            } else if is(value, "OFF") {
+                false
+            } else {
+                return Err(CmdError("ERR SLOPPY takes ON or OFF".into()));
+            };
         } else {
             return Err(CmdError::syntax());
         }
@@ -201,12 +209,21 @@ pub(crate) fn consistency<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply
             ));
         }
     }
-    cx.session.consistency = Consistency { read, write };
+    cx.session.consistency = Consistency {
+        read,
+        write,
+        sloppy,
+    };
     cx.session.levels_chosen |= args.len() > 1;
     let s = |text: &'static str| Frame::Bulk(Bytes::from_static(text.as_bytes()));
     Ok(Frame::Map(vec![
         (s("read"), Frame::Bulk(read.to_string().into())),
         (s("write"), Frame::Bulk(write.to_string().into())),
+        (s("sloppy"), Frame::Bulk(s_on_off(sloppy))),
         (s("n"), Frame::Integer(i64::from(n))),
     ]))
+}
+
+fn s_on_off(on: bool) -> Bytes {
+    Bytes::from_static(if on { b"on" } else { b"off" })
 }

@@ -172,6 +172,7 @@ pub(crate) fn keyspace_levels(ks: &crate::config::KeyspaceConfig) -> Consistency
     Consistency {
         read: ks.read_level,
         write: ks.write_level,
+        sloppy: false,
     }
 }
 

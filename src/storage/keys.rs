@@ -55,6 +55,19 @@ pub fn partition_range(partition: PartitionId) -> (Vec<u8>, Option<Vec<u8>>) {
     (start, end)
 }
 
+/// The smallest key above every key that starts with `prefix` (the end of
+/// a prefix range), or `None` when there is none (the prefix is all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// The smallest key strictly greater than `key` (to resume a scan).
 pub fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = BytesMut::with_capacity(key.len() + 1);

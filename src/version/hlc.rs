@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Source of wall-clock time; the seam that lets tests move time by hand.
@@ -51,6 +51,42 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Another clock shifted by an adjustable offset: the clock-skew fault of
+/// the fault tests (`debug.fault_injection`). Costs one atomic load per read.
+#[derive(Debug, Default)]
+pub struct OffsetClock<C> {
+    inner: C,
+    offset_ms: AtomicI64,
+}
+
+impl<C: Clock> OffsetClock<C> {
+    /// `inner`, not shifted yet.
+    pub fn new(inner: C) -> Self {
+        Self {
+            inner,
+            offset_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// Shifts every later reading by `offset_ms` (negative: behind).
+    pub fn set_offset_ms(&self, offset_ms: i64) {
+        self.offset_ms.store(offset_ms, Ordering::Relaxed);
+    }
+
+    /// The current offset.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+}
+
+impl<C: Clock> Clock for OffsetClock<C> {
+    fn now_ms(&self) -> u64 {
+        self.inner
+            .now_ms()
+            .saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))
     }
 }
 
@@ -210,6 +246,23 @@ mod tests {
         let remote = Timestamp::from_ms(10_500);
         hlc.observe(remote).unwrap();
         assert!(hlc.now() > remote);
+    }
+
+    #[test]
+    fn an_offset_clock_shifts_its_readings_and_the_hlc_never_goes_back() {
+        let clock = Arc::new(OffsetClock::new(ManualClock::new(10_000)));
+        let hlc = Hlc::new(clock.clone(), 1000);
+        clock.set_offset_ms(300);
+        assert_eq!(clock.now_ms(), 10_300);
+        let ahead = hlc.now();
+        assert_eq!(ahead.ms(), 10_300);
+        clock.set_offset_ms(-300);
+        assert_eq!(clock.now_ms(), 9_700);
+        assert!(
+            hlc.now() > ahead,
+            "a clock stepped back never reorders timestamps"
+        );
+        assert_eq!(clock.offset_ms(), -300);
     }
 
     #[test]

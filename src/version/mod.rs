@@ -7,5 +7,5 @@
 mod hlc;
 mod record;
 
-pub use hlc::{Clock, ClockSkewError, Hlc, ManualClock, SystemClock, Timestamp};
+pub use hlc::{Clock, ClockSkewError, Hlc, ManualClock, OffsetClock, SystemClock, Timestamp};
 pub use record::{NodeId, Payload, Record, RecordError, Version};

@@ -1,6 +1,8 @@
 //! A real 3-process cluster on loopback: any node coordinates, quorum
 //! survives one dead node, `all` does not, and a peer without the cluster
-//! secret moves no data.
+//! secret moves no data. [`TestCluster`] is also the fault tests' harness:
+//! kill, terminate, pause, wipe and restart nodes, and set a node's link and
+//! clock faults through its debug endpoint.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringkv::net::{NetError, PeerConfig, Request, TcpTransport, Transport};
 
-use crate::support::{ServerProcess, WAIT, err, free_ports, ok};
+use crate::support::{ServerProcess, WAIT, err, free_ports, http_post, ok};
 
 const SECRET: &str = "it-cluster-secret-0123";
 
@@ -19,13 +21,15 @@ pub(crate) struct TestCluster {
     nodes: Vec<Option<ServerProcess>>,
     /// `memory`, or `fjall` when a restarted node must keep its data.
     engine: &'static str,
+    /// Extra `ringkv server` flags of every node.
+    flags: Vec<&'static str>,
 }
 
 fn write_config(dir: &Path, me: usize, peer_ports: &[u16], engine: &str) -> String {
     let data_dir = dir.join(format!("node{}-data", me + 1));
     let mut toml = format!(
         "[node]\nname = \"node{}\"\npeer_addr = \"127.0.0.1:{}\"\n[storage]\nengine = \"{engine}\"\n\
-         data_dir = {:?}\n[cluster]\nsecret = \"{SECRET}\"\nrequest_timeout_ms = 1000\n",
+         data_dir = {:?}\n[cluster]\nsecret = \"{SECRET}\"\nrequest_timeout_ms = 1000\naae_max_partitions_per_sec = 1000\n",
         me + 1,
         peer_ports[me],
         data_dir.display().to_string()
@@ -49,6 +53,16 @@ impl TestCluster {
     /// Starts `size` nodes with `engine` (`memory` or `fjall`), each with
     /// its own data directory, kept across [`TestCluster::restart`].
     pub(crate) fn start_with_engine(size: usize, engine: &'static str) -> TestCluster {
+        Self::start_with_flags(size, engine, &[])
+    }
+
+    /// Like [`TestCluster::start_with_engine`], every node run with `flags`
+    /// too (e.g. `--enable-fault-injection`).
+    pub(crate) fn start_with_flags(
+        size: usize,
+        engine: &'static str,
+        flags: &[&'static str],
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let peer_ports = free_ports(size);
         let mut cluster = TestCluster {
@@ -56,6 +70,7 @@ impl TestCluster {
             peer_ports,
             nodes: Vec::new(),
             engine,
+            flags: flags.to_vec(),
         };
         for i in 0..size {
             let node = cluster.spawn(i);
@@ -66,7 +81,55 @@ impl TestCluster {
 
     fn spawn(&self, i: usize) -> ServerProcess {
         let config = write_config(self.dir.path(), i, &self.peer_ports, self.engine);
-        ServerProcess::start(&["--config", &config])
+        let mut args = vec!["--config", &config];
+        args.extend(&self.flags);
+        ServerProcess::start(&args)
+    }
+
+    /// Whether node `i` runs (it may be paused).
+    pub(crate) fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].is_some()
+    }
+
+    /// SIGSTOP: the process freezes with its sockets open, as in a long GC
+    /// pause or a VM stall; peers see it stop answering.
+    pub(crate) fn pause(&self, i: usize) {
+        self.node(i).signal("STOP");
+    }
+
+    /// SIGCONT after [`TestCluster::pause`].
+    pub(crate) fn resume(&self, i: usize) {
+        self.node(i).signal("CONT");
+    }
+
+    /// SIGTERM: a clean shutdown (final fsync); waits until it exited.
+    pub(crate) fn terminate(&mut self, i: usize) {
+        let mut node = self.nodes[i].take().expect("node is running");
+        let status = node.terminate();
+        assert!(
+            status.success(),
+            "node{} exited with {status} after SIGTERM; stderr:\n{}",
+            i + 1,
+            node.stderr()
+        );
+    }
+
+    /// Deletes the data directory (data and hints) of stopped node `i`: a
+    /// replaced disk.
+    pub(crate) fn wipe(&self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node{} still runs", i + 1);
+        let data_dir = self.dir.path().join(format!("node{}-data", i + 1));
+        if data_dir.exists() {
+            std::fs::remove_dir_all(&data_dir).expect("wipe the data dir");
+        }
+    }
+
+    /// Replaces node `i`'s faults with `spec` (`POST /v1/debug/faults`,
+    /// nodes started with `--enable-fault-injection`); panics unless 200.
+    pub(crate) async fn set_faults(&self, i: usize, spec: &serde_json::Value) {
+        let body = spec.to_string();
+        let (status, _, reply) = http_post(self.node(i).http_addr, "/v1/debug/faults", &body).await;
+        assert_eq!(status, 200, "node{} refused faults {body}: {reply}", i + 1);
     }
 
     pub(crate) fn node(&self, i: usize) -> &ServerProcess {
@@ -202,7 +265,12 @@ async fn a_peer_without_the_cluster_secret_cannot_write() {
 }
 
 /// Polls `node`'s `/v1/cluster` until `peer` shows `up == want`; returns how long it took.
-async fn wait_for_liveness(cluster: &TestCluster, node: usize, peer: &str, want: bool) -> Duration {
+pub(crate) async fn wait_for_liveness(
+    cluster: &TestCluster,
+    node: usize,
+    peer: &str,
+    want: bool,
+) -> Duration {
     let started = Instant::now();
     while started.elapsed() < WAIT {
         let (status, _, body) =

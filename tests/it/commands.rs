@@ -732,6 +732,14 @@ async fn consistency_levels_for_a_single_node() {
         &Value::BulkString(b"one".to_vec()),
         "errors change nothing"
     );
+    assert_eq!(field(&after, "sloppy"), &Value::BulkString(b"off".to_vec()));
+    let sloppy = map_pairs(ok(&mut c, &["CONSISTENCY", "SLOPPY", "on"]).await);
+    assert_eq!(field(&sloppy, "sloppy"), &Value::BulkString(b"on".to_vec()));
+    assert_eq!(field(&sloppy, "read"), &Value::BulkString(b"one".to_vec()));
+    assert_eq!(
+        err(&mut c, &["CONSISTENCY", "SLOPPY", "maybe"]).await,
+        "ERR SLOPPY takes ON or OFF"
+    );
     node.shutdown().await;
 }
 
@@ -803,6 +811,56 @@ async fn kv_commands_take_per_request_levels_and_where_names_the_replica() {
         err(&mut c, &["KV.PUT", "k", "v", "W"])
             .await
             .contains("syntax error")
+    );
+    ok::<()>(
+        &mut c,
+        &["KV.PUT", "s", "v", "SLOPPY", "W", "1", "EX", "100"],
+    )
+    .await;
+    ok::<()>(&mut c, &["KV.PUT", "s", "v", "W", "1", "SLOPPY"]).await;
+    assert!(
+        err(&mut c, &["KV.GET", "s", "SLOPPY"])
+            .await
+            .contains("syntax error"),
+        "reads take no SLOPPY"
+    );
+    let Value::Array(replicas) = ok::<Value>(&mut c, &["KV.INSPECT", "s"]).await else {
+        panic!("KV.INSPECT answers an array");
+    };
+    let replica = map_pairs(replicas.into_iter().next().expect("one replica"));
+    assert_eq!(
+        field(&replica, "node"),
+        &Value::BulkString(b"solo".to_vec())
+    );
+    assert_eq!(
+        field(&replica, "state"),
+        &Value::BulkString(b"value".to_vec())
+    );
+    assert_eq!(
+        field(&replica, "expiry_ms"),
+        &Value::Nil,
+        "the last PUT cleared it"
+    );
+    let Value::BulkString(digest) = field(&replica, "digest") else {
+        panic!("digest is text: {replica:?}");
+    };
+    assert_eq!(digest.len(), 16);
+    assert_eq!(ok::<i64>(&mut c, &["KV.DEL", "s", "SLOPPY"]).await, 1);
+    let Value::Array(replicas) = ok::<Value>(&mut c, &["KV.INSPECT", "s"]).await else {
+        panic!("KV.INSPECT answers an array");
+    };
+    let replica = map_pairs(replicas.into_iter().next().expect("one replica"));
+    assert_eq!(
+        field(&replica, "state"),
+        &Value::BulkString(b"tombstone".to_vec())
+    );
+    let Value::Array(replicas) = ok::<Value>(&mut c, &["KV.INSPECT", "never"]).await else {
+        panic!("KV.INSPECT answers an array");
+    };
+    let replica = map_pairs(replicas.into_iter().next().expect("one replica"));
+    assert_eq!(
+        field(&replica, "state"),
+        &Value::BulkString(b"missing".to_vec())
     );
     assert_eq!(ok::<i64>(&mut c, &["KV.DEL", "k", "W", "1"]).await, 1);
     assert_eq!(ok::<i64>(&mut c, &["KV.DEL", "k"]).await, 0);

@@ -50,7 +50,7 @@ async fn a_moved_node_joining_through_one_seed_is_found_and_reached_by_every_pee
     // only node1's gossip address.
     let moved_addr = format!("127.0.0.1:{moved}");
     let seed = format!("127.0.0.1:{}", listed[0]);
-    let _node3 = ServerProcess::start(&[
+    let node3 = ServerProcess::start(&[
         "--config",
         &write_config(dir.path(), 3, listed),
         "--peer-addr",
@@ -76,6 +76,10 @@ async fn a_moved_node_joining_through_one_seed_is_found_and_reached_by_every_pee
         }
     }
     eprintln!("node3 found by both peers in {:?}", started.elapsed());
+    let myself = node3_as_seen_by(&node3)
+        .await
+        .expect("node3 sees itself up");
+    assert_eq!(myself["gossip_addr"], moved_addr.as_str(), "{myself}");
 
     // Writes to all three replicas reach node3 at the gossiped address: its
     // configured address has no listener.

@@ -26,6 +26,7 @@ impl Handler for Replica {
                 self.writes.fetch_add(1, Ordering::SeqCst);
                 Response::Written
             }
+            other => Response::Error(format!("not served here: {other:?}")),
         }
     }
 }

@@ -339,11 +339,29 @@ impl RawConn {
 /// `GET path` over HTTP/1.1; returns the status code, the lower-cased header
 /// block and the body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String, String) {
+    http_request(addr, "GET", path, "").await
+}
+
+/// `POST path` with a JSON `body`; returns what [`http_get`] does.
+pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, String, String) {
+    http_request(addr, "POST", path, body).await
+}
+
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, String, String) {
     let mut stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
         .await
         .expect("http connect timed out")
         .expect("http connect failed");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
@@ -527,6 +545,15 @@ impl ServerProcess {
     pub fn kill9(mut self) {
         self.child.kill().expect("SIGKILL the server");
         self.child.wait().expect("reap the server");
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to exactly this child.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
     }
 
     /// SIGTERM, then waits (bounded) for the process to exit.

@@ -1,5 +1,6 @@
-//! `ringkv cluster status`: the cluster as one node sees it, from its
-//! `GET /v1/cluster`.
+//! `ringkv cluster status` and `ringkv cluster repair-status`: the cluster
+//! as one node sees it (`GET /v1/cluster`), and that node's hints and
+//! anti-entropy exchanges (`GET /v1/repair`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use ringkv::http::RepairView;
 use ringkv::membership::ClusterView;
 
 /// How long the status call may take.
@@ -20,6 +22,9 @@ pub enum ClusterCommand {
     /// Every node with its addresses, zone, up/down as the node asked sees it,
     /// partitions owned, and the layout version.
     Status(StatusArgs),
+    /// One node's repair activity: hints queued per target node, and its
+    /// anti-entropy rounds, last exchange per partition and keys repaired.
+    RepairStatus(StatusArgs),
 }
 
 /// Flags of `ringkv cluster status`.
@@ -92,6 +97,73 @@ fn print_table(view: &ClusterView) {
     }
 }
 
+fn print_repair(view: &RepairView, now_ms: u64) {
+    println!("repair activity on {}", view.node);
+    if view.hints.is_empty() {
+        println!("hints: none kept");
+    } else {
+        println!(
+            "{:<16} {:>8} {:>12} {:>12} {:>10} {:>8}",
+            "HINTS FOR", "QUEUED", "BYTES", "OLDEST", "DELIVERED", "DROPPED"
+        );
+        for (target, q) in &view.hints {
+            let oldest = q.oldest_ms.map_or("-".to_string(), |ms| {
+                format!("{} s ago", now_ms.saturating_sub(ms) / 1000)
+            });
+            println!(
+                "{target:<16} {:>8} {:>12} {oldest:>12} {:>10} {:>8}",
+                q.hints, q.bytes, q.delivered, q.dropped
+            );
+        }
+    }
+    let Some(aae) = &view.anti_entropy else {
+        println!("anti-entropy: off");
+        return;
+    };
+    let exchanges = &aae.exchanges;
+    let failed = exchanges.iter().filter(|e| e.error.is_some()).count();
+    let pulled: u64 = exchanges.iter().map(|e| e.pulled).sum();
+    let pushed: u64 = exchanges.iter().map(|e| e.pushed).sum();
+    let oldest = exchanges.iter().map(|e| e.at_ms).min();
+    println!(
+        "anti-entropy: every {} ms, {} rounds done; {} partition replicas exchanged ({} in sync, {} failed), oldest {}; keys repaired in the last exchanges: {} pulled, {} pushed",
+        aae.interval_ms,
+        aae.rounds,
+        exchanges.len(),
+        exchanges.iter().filter(|e| e.in_sync).count(),
+        failed,
+        oldest.map_or("-".to_string(), |ms| format!(
+            "{} s ago",
+            now_ms.saturating_sub(ms) / 1000
+        )),
+        pulled,
+        pushed,
+    );
+    let notable: Vec<_> = exchanges
+        .iter()
+        .filter(|e| e.error.is_some() || e.pulled + e.pushed > 0)
+        .collect();
+    if notable.is_empty() {
+        return;
+    }
+    println!(
+        "{:<12} {:>9} {:<16} {:>8} {:>8} {:>10}  RESULT",
+        "KEYSPACE", "PARTITION", "PEER", "PULLED", "PUSHED", "BYTES"
+    );
+    for e in notable {
+        println!(
+            "{:<12} {:>9} {:<16} {:>8} {:>8} {:>10}  {}",
+            e.keyspace,
+            e.partition,
+            e.peer,
+            e.pulled,
+            e.pushed,
+            e.bytes,
+            e.error.as_deref().unwrap_or("repaired")
+        );
+    }
+}
+
 /// Runs a `ringkv cluster` command.
 pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
@@ -104,6 +176,20 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             let view: ClusterView =
                 serde_json::from_str(&body).context("unexpected answer from /v1/cluster")?;
             print_table(&view);
+            Ok(())
+        }
+        ClusterCommand::RepairStatus(args) => {
+            let body = http_get(&args.node, "/v1/repair")?;
+            if args.json {
+                println!("{body}");
+                return Ok(());
+            }
+            let view: RepairView =
+                serde_json::from_str(&body).context("unexpected answer from /v1/repair")?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            print_repair(&view, now_ms);
             Ok(())
         }
     }

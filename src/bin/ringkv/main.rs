@@ -14,7 +14,11 @@ mod dev_cluster;
 
 // NOTE: glibc's allocator grows per-thread arenas with an mprotect(2) per
 // step, which cost a syscall per request batch while fjall's memtable grew;
-// mimalloc does not (measured in bench/RESULTS.md).
+// mimalloc does not (measured in bench/RESULTS.md). Built with `no_thp`:
+// mimalloc otherwise asks for transparent huge pages, and every arena page
+// it frees and touches again then faults in a zeroed 2 MiB page; in a
+// 3-node dev cluster that was 4% of all CPU and doubled write p99 (5 ms to
+// 2-3 ms without it, same throughput).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -91,9 +95,15 @@ struct ServerArgs {
     /// Most simultaneous client connections [default: 10000].
     #[arg(long, env = "RINGKV_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Mean ms between anti-entropy rounds in a cluster, 0 = off [default: 60000].
+    #[arg(long, env = "RINGKV_AAE_INTERVAL_MS")]
+    aae_interval_ms: Option<u64>,
     /// Threads serving requests, 0 = one per CPU core [default: 0].
     #[arg(long, env = "RINGKV_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Tests only: serve POST /v1/debug/faults (debug.fault_injection).
+    #[arg(long, hide = true)]
+    enable_fault_injection: bool,
 }
 
 impl ServerArgs {
@@ -121,6 +131,9 @@ impl ServerArgs {
         if self.cluster_secret.is_some() {
             config.cluster.secret = self.cluster_secret;
         }
+        if let Some(v) = self.aae_interval_ms {
+            config.cluster.aae_interval_ms = v;
+        }
         if let Some(v) = self.worker_threads {
             node.worker_threads = v;
         }
@@ -146,6 +159,9 @@ impl ServerArgs {
             if let Some(v) = value {
                 *slot = v;
             }
+        }
+        if self.enable_fault_injection {
+            config.debug.fault_injection = true;
         }
         config.validate()?;
         Ok(config)

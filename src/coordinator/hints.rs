@@ -1,0 +1,713 @@
+//! Hinted handoff (DESIGN.md §5): a write meant for a primary that did not
+//! take it is kept here, durably, and delivered (merged) when that primary is
+//! seen alive again.
+//!
+//! Hints live in their own engine (a second fjall database under
+//! `data_dir/hints`, or memory), keyed `[target length][target][sequence]` so
+//! each target's queue is one contiguous range in arrival order. Sequence
+//! numbers restart after the largest found at start-up.
+//!
+//! Invariants:
+//! - A hint is only ever delivered as a [`Request::Write`], which the target
+//!   merges, so delivering one twice, late, or after a newer write is harmless.
+//! - Hints are bounded by age (`hint_window`) and by bytes per target; past
+//!   either bound they are dropped and counted (anti-entropy repairs what
+//!   they would have), and a client write is never refused because of them.
+//! - A hint is removed only after its target acknowledged it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::StoreError;
+use crate::net::{Request, Response, Transport};
+use crate::storage::keys::prefix_end;
+use crate::storage::{Durability, Engine, StorageError};
+use crate::version::Hlc;
+
+/// Bounds on the hints kept.
+#[derive(Debug, Clone, Copy)]
+pub struct HintConfig {
+    /// Hints older than this are dropped, ms.
+    pub window_ms: u64,
+    /// Most bytes of hints kept per target.
+    pub max_bytes_per_target: u64,
+    /// fsync every hint before it is acknowledged (`fsync = always`);
+    /// otherwise hints reach the OS at once and the disk with the node's
+    /// periodic fsync.
+    pub sync_each: bool,
+}
+
+/// One target's queue as `GET /v1/repair` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintQueue {
+    /// Hints waiting.
+    pub hints: u64,
+    /// Their bytes (keys and values as stored).
+    pub bytes: u64,
+    /// Creation time of the oldest, ms since the epoch.
+    pub oldest_ms: Option<u64>,
+    /// Hints delivered to it since start-up.
+    pub delivered: u64,
+    /// Hints for it dropped since start-up (too old, or the queue full).
+    pub dropped: u64,
+}
+
+/// Format of a stored hint: this byte, then the postcard of [`StoredHint`].
+const HINT_FORMAT: u8 = 1;
+
+/// What is stored per hint.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredHint {
+    created_ms: u64,
+    keyspace: String,
+    key: Bytes,
+    record: Bytes,
+}
+
+/// The hints this node keeps for other nodes.
+pub struct Hints {
+    engine: Arc<dyn Engine>,
+    config: HintConfig,
+    hlc: Arc<Hlc>,
+    next_seq: AtomicU64,
+    // NOTE: blocking lock, held only to update counters, never across an await.
+    queues: Mutex<BTreeMap<String, HintQueue>>,
+}
+
+impl std::fmt::Debug for Hints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hints")
+            .field("engine", &self.engine.kind())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn queue_prefix(target: &str) -> Vec<u8> {
+    let name = &target.as_bytes()[..target.len().min(255)];
+    let mut prefix = Vec::with_capacity(1 + name.len() + 8);
+    prefix.push(name.len() as u8);
+    prefix.extend_from_slice(name);
+    prefix
+}
+
+/// The target and sequence number of a stored hint key.
+fn decode_key(raw: &[u8]) -> Option<(&str, u64)> {
+    let (&len, rest) = raw.split_first()?;
+    let len = usize::from(len);
+    let name = std::str::from_utf8(rest.get(..len)?).ok()?;
+    let seq = u64::from_be_bytes(rest.get(len..len + 8)?.try_into().ok()?);
+    Some((name, seq))
+}
+
+fn codec_error(e: postcard::Error) -> StoreError {
+    StoreError::Storage(StorageError::Task(format!("hint codec: {e}")))
+}
+
+fn encode_hint(hint: &StoredHint) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(hint, vec![HINT_FORMAT]).map_err(codec_error)
+}
+
+/// A stored hint, or `None` when its bytes are not a hint this version
+/// reads (it is then dropped and counted, never retried forever).
+fn decode_hint(raw: &[u8]) -> Option<StoredHint> {
+    match raw.split_first() {
+        Some((&HINT_FORMAT, body)) => postcard::from_bytes(body).ok(),
+        _ => None,
+    }
+}
+
+/// Hints read from a queue at once.
+const PAGE: usize = 256;
+
+/// Hints sent to a target concurrently while delivering.
+const DELIVERY_CONCURRENCY: usize = 32;
+
+/// What one delivery round did for a target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Hints the target acknowledged.
+    pub delivered: u64,
+    /// Hints dropped as older than the window.
+    pub expired: u64,
+    /// Hints dropped because the target answered with a refusal.
+    pub refused: u64,
+    /// Hints dropped because they could not be decoded.
+    pub corrupt: u64,
+    /// Why delivery stopped early, if it did.
+    pub failed: Option<String>,
+}
+
+impl Hints {
+    /// Opens the hints kept in `engine`, counting each target's queue.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        config: HintConfig,
+        hlc: Arc<Hlc>,
+    ) -> Result<Self, StoreError> {
+        let mut queues: BTreeMap<String, HintQueue> = BTreeMap::new();
+        let mut max_seq = None;
+        let mut cursor = Vec::new();
+        loop {
+            let page = engine.scan(&cursor, None, 4096)?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = crate::storage::keys::successor(last);
+            for (raw_key, raw_value) in &page {
+                let (Some((target, seq)), Some(hint)) =
+                    (decode_key(raw_key), decode_hint(raw_value))
+                else {
+                    tracing::warn!("unreadable hint dropped at start-up");
+                    metrics::counter!("ringkv_hints_dropped_total", "reason" => "corrupt")
+                        .increment(1);
+                    engine.remove(raw_key)?;
+                    continue;
+                };
+                max_seq = max_seq.max(Some(seq));
+                let queue = queues.entry(target.to_owned()).or_default();
+                queue.hints += 1;
+                queue.bytes += (raw_key.len() + raw_value.len()) as u64;
+                queue.oldest_ms = Some(
+                    queue
+                        .oldest_ms
+                        .map_or(hint.created_ms, |o| o.min(hint.created_ms)),
+                );
+            }
+        }
+        let hints = Self {
+            engine,
+            config,
+            hlc,
+            next_seq: AtomicU64::new(max_seq.map_or(0, |s| s + 1)),
+            queues: Mutex::new(queues),
+        };
+        hints.publish_gauges();
+        Ok(hints)
+    }
+
+    /// Keeps `record` (encoded) of `keyspace`/`key` for `target`. Returns
+    /// false when the target's queue is full and the hint was dropped.
+    pub fn add(
+        &self,
+        target: &str,
+        keyspace: &str,
+        key: &[u8],
+        record: Bytes,
+    ) -> Result<bool, StoreError> {
+        let created_ms = self.hlc.wall_ms();
+        let hint = StoredHint {
+            created_ms,
+            keyspace: keyspace.to_owned(),
+            key: Bytes::copy_from_slice(key),
+            record,
+        };
+        let value = encode_hint(&hint)?;
+        let mut raw_key = queue_prefix(target);
+        raw_key.extend_from_slice(&self.next_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        let size = (raw_key.len() + value.len()) as u64;
+        {
+            let mut queues = self.queues.lock();
+            let queue = queues.entry(target.to_owned()).or_default();
+            if queue.bytes + size > self.config.max_bytes_per_target {
+                queue.dropped += 1;
+                drop(queues);
+                metrics::counter!("ringkv_hints_dropped_total", "reason" => "full").increment(1);
+                tracing::warn!(
+                    target_node = target,
+                    limit = self.config.max_bytes_per_target,
+                    "hint queue full: hint dropped (anti-entropy will repair the key)"
+                );
+                return Ok(false);
+            }
+        }
+        self.engine.put(raw_key.into(), value.into())?;
+        // NOTE: into the OS at once, so a crash of this process keeps it;
+        // onto the disk now only under `fsync = always`.
+        self.engine.flush(if self.config.sync_each {
+            Durability::Sync
+        } else {
+            Durability::Buffer
+        })?;
+        {
+            let mut queues = self.queues.lock();
+            let queue = queues.entry(target.to_owned()).or_default();
+            queue.hints += 1;
+            queue.bytes += size;
+            queue.oldest_ms.get_or_insert(created_ms);
+        }
+        metrics::counter!("ringkv_hints_stored_total").increment(1);
+        self.publish_gauges();
+        Ok(true)
+    }
+
+    /// Every target with hints waiting, and its queue.
+    pub fn queues(&self) -> BTreeMap<String, HintQueue> {
+        self.queues.lock().clone()
+    }
+
+    /// Targets with hints waiting.
+    pub fn targets(&self) -> Vec<String> {
+        self.queues
+            .lock()
+            .iter()
+            .filter(|(_, q)| q.hints > 0)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// fsyncs the hints (shutdown, and the node's once-a-second fsync).
+    pub fn sync_to_disk(&self) -> Result<(), StoreError> {
+        Ok(self.engine.flush(Durability::Sync)?)
+    }
+
+    fn publish_gauges(&self) {
+        let (hints, bytes) = self
+            .queues
+            .lock()
+            .values()
+            .fold((0, 0), |(h, b), q| (h + q.hints, b + q.bytes));
+        metrics::gauge!("ringkv_hints_queued").set(hints as f64);
+        metrics::gauge!("ringkv_hints_queued_bytes").set(bytes as f64);
+    }
+
+    fn forget(&self, target: &str, raw_key: &[u8], size: u64, delivered: bool) {
+        // NOTE: counters only; the caller counts the drop reason in metrics.
+        if let Err(e) = self.engine.remove(raw_key) {
+            tracing::error!(error = %e, "could not remove a hint");
+            return;
+        }
+        let mut queues = self.queues.lock();
+        if let Some(queue) = queues.get_mut(target) {
+            queue.hints = queue.hints.saturating_sub(1);
+            queue.bytes = queue.bytes.saturating_sub(size);
+            if delivered {
+                queue.delivered += 1;
+            } else {
+                queue.dropped += 1;
+            }
+            if queue.hints == 0 {
+                queue.oldest_ms = None;
+            }
+        }
+    }
+
+    /// Delivers up to `limit` of `target`'s hints, oldest first, dropping
+    /// those past the window; stops at the first the target does not take.
+    pub async fn deliver<T: Transport>(
+        &self,
+        target: &str,
+        transport: &T,
+        limit: usize,
+    ) -> Result<Delivery, StoreError> {
+        let prefix = queue_prefix(target);
+        let end = prefix_end(&prefix);
+        let mut cursor = prefix.clone();
+        let mut report = Delivery::default();
+        let mut seen = 0;
+        while seen < limit && report.failed.is_none() {
+            let page = self
+                .engine
+                .scan(&cursor, end.as_deref(), PAGE.min(limit - seen))?;
+            let Some((last, _)) = page.last() else { break };
+            cursor = crate::storage::keys::successor(last);
+            seen += page.len();
+            let now = self.hlc.wall_ms();
+            let mut live = Vec::with_capacity(page.len());
+            for (raw_key, raw_value) in page {
+                let size = (raw_key.len() + raw_value.len()) as u64;
+                let Some(hint) = decode_hint(&raw_value) else {
+                    self.forget(target, &raw_key, size, false);
+                    report.corrupt += 1;
+                    continue;
+                };
+                if now.saturating_sub(hint.created_ms) > self.config.window_ms {
+                    self.forget(target, &raw_key, size, false);
+                    report.expired += 1;
+                    continue;
+                }
+                live.push((raw_key, size, hint));
+            }
+            for chunk in live.chunks(DELIVERY_CONCURRENCY) {
+                let calls = chunk.iter().map(|(_, _, hint)| {
+                    transport.call(
+                        target,
+                        Request::Write {
+                            keyspace: hint.keyspace.clone(),
+                            key: hint.key.clone(),
+                            record: hint.record.clone(),
+                        },
+                    )
+                });
+                let answers = futures_util::future::join_all(calls).await;
+                for ((raw_key, size, _), answer) in chunk.iter().zip(answers) {
+                    match answer {
+                        Ok(Response::Written) => {
+                            self.forget(target, raw_key, *size, true);
+                            report.delivered += 1;
+                        }
+                        Ok(other) => {
+                            // NOTE: the target answered and refused this
+                            // write (clock skew, unknown keyspace, bad
+                            // record): retrying cannot help, and keeping it
+                            // would block the queue behind it.
+                            tracing::warn!(
+                                target_node = target,
+                                answer = ?other,
+                                "hint refused by its target: dropped"
+                            );
+                            self.forget(target, raw_key, *size, false);
+                            report.refused += 1;
+                        }
+                        Err(e) => {
+                            report.failed.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                if report.failed.is_some() {
+                    break;
+                }
+            }
+        }
+        metrics::counter!("ringkv_hints_delivered_total").increment(report.delivered);
+        metrics::counter!("ringkv_hints_dropped_total", "reason" => "expired")
+            .increment(report.expired);
+        metrics::counter!("ringkv_hints_dropped_total", "reason" => "refused")
+            .increment(report.refused);
+        metrics::counter!("ringkv_hints_dropped_total", "reason" => "corrupt")
+            .increment(report.corrupt);
+        self.publish_gauges();
+        Ok(report)
+    }
+
+    /// Drops every queue's hints older than the window (they are at the
+    /// front: queues are in arrival order), for targets that stay down.
+    pub fn drop_expired(&self) -> Result<u64, StoreError> {
+        let now = self.hlc.wall_ms();
+        let mut dropped = 0;
+        for target in self.targets() {
+            let prefix = queue_prefix(&target);
+            let end = prefix_end(&prefix);
+            let mut cursor = prefix.clone();
+            'queue: loop {
+                let page = self.engine.scan(&cursor, end.as_deref(), PAGE)?;
+                let Some((last, _)) = page.last() else { break };
+                cursor = crate::storage::keys::successor(last);
+                for (raw_key, raw_value) in page {
+                    let size = (raw_key.len() + raw_value.len()) as u64;
+                    // NOTE: an unreadable hint is dropped like an expired one.
+                    if let Some(hint) = decode_hint(&raw_value)
+                        && now.saturating_sub(hint.created_ms) <= self.config.window_ms
+                    {
+                        break 'queue;
+                    }
+                    self.forget(&target, &raw_key, size, false);
+                    dropped += 1;
+                }
+            }
+        }
+        if dropped > 0 {
+            metrics::counter!("ringkv_hints_dropped_total", "reason" => "expired")
+                .increment(dropped);
+            tracing::warn!(dropped, "hints older than the hint window dropped");
+            self.publish_gauges();
+        }
+        Ok(dropped)
+    }
+}
+
+/// Most hints delivered to one target per round.
+const HINTS_PER_ROUND: usize = 10_000;
+
+/// Stops the delivery task.
+#[derive(Debug)]
+pub struct HintDeliveryHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl HintDeliveryHandle {
+    /// Stops the task and waits for it.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Every `interval`, drops expired hints and delivers the queues of the
+/// targets `is_up` says are alive.
+pub fn spawn_hint_delivery<T: Transport>(
+    hints: Arc<Hints>,
+    transport: Arc<T>,
+    is_up: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    interval: Duration,
+) -> HintDeliveryHandle {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop_rx.changed() => return,
+            }
+            if let Err(e) = hints.drop_expired() {
+                tracing::error!(error = %e, "dropping expired hints failed");
+            }
+            for target in hints.targets() {
+                if !is_up(&target) {
+                    continue;
+                }
+                match hints.deliver(&target, &*transport, HINTS_PER_ROUND).await {
+                    Ok(report) if report.delivered > 0 => {
+                        tracing::info!(
+                            target_node = %target,
+                            delivered = report.delivered,
+                            expired = report.expired,
+                            refused = report.refused,
+                            stopped_by = report.failed.as_deref().unwrap_or(""),
+                            "hinted handoff"
+                        );
+                    }
+                    Ok(report) => {
+                        // NOTE: debug: a target gossip sees up but that does not
+                        // answer yet would log this every second.
+                        tracing::debug!(
+                            target_node = %target,
+                            failed = report.failed.as_deref().unwrap_or(""),
+                            "no hint delivered this round"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(target_node = %target, error = %e, "hint delivery failed")
+                    }
+                }
+            }
+        }
+    });
+    HintDeliveryHandle { stop, task }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{NetError, PeerId};
+    use crate::storage::{FjallEngine, MemoryEngine};
+    use crate::version::ManualClock;
+
+    /// Answers writes for `up` targets and records them.
+    #[derive(Default)]
+    struct Recorder {
+        up: Mutex<bool>,
+        got: Mutex<Vec<(String, Bytes)>>,
+    }
+
+    impl Transport for Recorder {
+        async fn call(&self, to: &PeerId, request: Request) -> Result<Response, NetError> {
+            if !*self.up.lock() {
+                return Err(NetError::Unreachable("connection refused".into()));
+            }
+            let Request::Write { key, .. } = request else {
+                return Ok(Response::Error("unexpected".into()));
+            };
+            if key.starts_with(b"refuse") {
+                return Ok(Response::Error("timestamp too far ahead".into()));
+            }
+            self.got.lock().push((to.to_owned(), key));
+            Ok(Response::Written)
+        }
+    }
+
+    fn config() -> HintConfig {
+        HintConfig {
+            window_ms: 10_000,
+            max_bytes_per_target: 1 << 20,
+            sync_each: false,
+        }
+    }
+
+    fn hlc(clock: &Arc<ManualClock>) -> Arc<Hlc> {
+        Arc::new(Hlc::new(clock.clone(), 60_000))
+    }
+
+    #[tokio::test]
+    async fn hints_are_delivered_in_order_once_the_target_answers() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let hints = Hints::open(Arc::new(MemoryEngine::new()), config(), hlc(&clock)).unwrap();
+        for i in 0..300u32 {
+            assert!(
+                hints
+                    .add(
+                        "node2",
+                        "default",
+                        &i.to_be_bytes(),
+                        Bytes::from_static(b"r")
+                    )
+                    .unwrap()
+            );
+        }
+        hints
+            .add("node3", "default", b"x", Bytes::from_static(b"r"))
+            .unwrap();
+        let net = Recorder::default();
+        let report = hints.deliver("node2", &net, 1000).await.unwrap();
+        assert_eq!(report.delivered, 0);
+        assert!(report.failed.unwrap().contains("refused"));
+        assert_eq!(hints.queues()["node2"].hints, 300);
+
+        *net.up.lock() = true;
+        let report = hints.deliver("node2", &net, 1000).await.unwrap();
+        assert_eq!(report.delivered, 300);
+        let got = net.got.lock().clone();
+        let keys: Vec<Bytes> = got.iter().map(|(_, k)| k.clone()).collect();
+        let expected: Vec<Bytes> = (0..300u32)
+            .map(|i| Bytes::copy_from_slice(&i.to_be_bytes()))
+            .collect();
+        assert_eq!(keys, expected, "oldest first, node3's queue untouched");
+        assert!(got.iter().all(|(to, _)| to == "node2"));
+        let queues = hints.queues();
+        assert_eq!(queues["node2"].hints, 0);
+        assert_eq!(queues["node2"].bytes, 0);
+        assert_eq!(queues["node2"].delivered, 300);
+        assert_eq!(queues["node3"].hints, 1);
+        assert_eq!(hints.targets(), ["node3"]);
+    }
+
+    #[tokio::test]
+    async fn hints_past_the_window_or_the_byte_bound_are_dropped() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let small = HintConfig {
+            window_ms: 10_000,
+            max_bytes_per_target: 200,
+            sync_each: false,
+        };
+        let hints = Hints::open(Arc::new(MemoryEngine::new()), small, hlc(&clock)).unwrap();
+        let record = Bytes::from(vec![7u8; 60]);
+        assert!(hints.add("node2", "default", b"a", record.clone()).unwrap());
+        assert!(hints.add("node2", "default", b"b", record.clone()).unwrap());
+        assert!(
+            !hints.add("node2", "default", b"c", record.clone()).unwrap(),
+            "queue full"
+        );
+        assert!(
+            hints.add("node3", "default", b"c", record.clone()).unwrap(),
+            "per target"
+        );
+        assert_eq!(hints.queues()["node2"].dropped, 1);
+
+        clock.advance(5_000);
+        assert!(
+            hints
+                .add("node3", "default", b"d", Bytes::from_static(b"r"))
+                .unwrap()
+        );
+        clock.advance(6_000);
+        assert_eq!(
+            hints.drop_expired().unwrap(),
+            3,
+            "all but node3's newer hint"
+        );
+        assert_eq!(hints.queues()["node3"].hints, 1);
+        let net = Recorder::default();
+        *net.up.lock() = true;
+        clock.advance(5_000);
+        let report = hints.deliver("node3", &net, 10).await.unwrap();
+        assert_eq!(report.expired, 1);
+        assert_eq!(report.delivered, 0);
+        assert!(net.got.lock().is_empty(), "an expired hint is never sent");
+    }
+
+    #[tokio::test]
+    async fn hints_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        {
+            let engine = Arc::new(FjallEngine::open(dir.path(), 1 << 20).unwrap());
+            let hints = Hints::open(engine, config(), hlc(&clock)).unwrap();
+            hints
+                .add("node2", "default", b"a", Bytes::from_static(b"r1"))
+                .unwrap();
+            hints
+                .add("node2", "default", b"b", Bytes::from_static(b"r2"))
+                .unwrap();
+            hints.sync_to_disk().unwrap();
+        }
+        let engine = Arc::new(FjallEngine::open(dir.path(), 1 << 20).unwrap());
+        let hints = Hints::open(engine, config(), hlc(&clock)).unwrap();
+        assert_eq!(hints.queues()["node2"].hints, 2);
+        hints
+            .add("node2", "default", b"c", Bytes::from_static(b"r3"))
+            .unwrap();
+        let net = Recorder::default();
+        *net.up.lock() = true;
+        hints.deliver("node2", &net, 10).await.unwrap();
+        let keys: Vec<Bytes> = net.got.lock().iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(
+            keys,
+            ["a", "b", "c"],
+            "sequence numbers continue after a restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_and_unreadable_hints_are_dropped_without_blocking_the_queue() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let engine = Arc::new(MemoryEngine::new());
+        let hints = Hints::open(engine.clone(), config(), hlc(&clock)).unwrap();
+        hints
+            .add("node2", "default", b"a", Bytes::from_static(b"r"))
+            .unwrap();
+        hints
+            .add("node2", "default", b"refuse-me", Bytes::from_static(b"r"))
+            .unwrap();
+        hints
+            .add("node2", "default", b"b", Bytes::from_static(b"r"))
+            .unwrap();
+        // A hint of an unknown format (a newer version, or damage).
+        let mut raw_key = queue_prefix("node2");
+        raw_key.extend_from_slice(&u64::MAX.to_be_bytes());
+        engine
+            .put(raw_key.into(), Bytes::from_static(b"\x09junk"))
+            .unwrap();
+        let hints = Hints::open(engine, config(), hlc(&clock)).unwrap();
+        assert_eq!(
+            hints.queues()["node2"].hints,
+            3,
+            "the unreadable one is dropped at open"
+        );
+
+        let net = Recorder::default();
+        *net.up.lock() = true;
+        let report = hints.deliver("node2", &net, 100).await.unwrap();
+        assert_eq!((report.delivered, report.refused), (2, 1));
+        assert_eq!(report.failed, None);
+        let keys: Vec<Bytes> = net.got.lock().iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(
+            keys,
+            ["a", "b"],
+            "the refused hint did not stop the one behind it"
+        );
+        assert_eq!(hints.queues()["node2"].hints, 0);
+        assert_eq!(hints.queues()["node2"].dropped, 1);
+    }
+
+    #[test]
+    fn prefix_end_covers_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+        let key = {
+            let mut k = queue_prefix("node2");
+            k.extend_from_slice(&u64::MAX.to_be_bytes());
+            k
+        };
+        assert_eq!(decode_key(&key), Some(("node2", u64::MAX)));
+        assert!(key < prefix_end(&queue_prefix("node2")).unwrap());
+    }
+}
