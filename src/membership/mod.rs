@@ -197,7 +197,7 @@ impl Membership {
 
     /// The cluster as this node sees it, under `layout`.
     pub fn view(&self, layout: &Layout) -> ClusterView {
-        let counts = layout.partition_counts();
+        let counts = layout.owned_counts();
         let peers = self.peers.read();
         let mut members: Vec<MemberView> = self
             .members

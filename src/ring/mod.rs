@@ -8,8 +8,13 @@
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 mod claim;
+mod flow;
 mod layout;
 mod preference;
+mod targets;
+
+#[cfg(test)]
+mod movement_tests;
 
 pub use layout::{DEFAULT_SPREAD, Layout, LayoutError, MAX_NODES, MAX_SPREAD, NodeIndex, NodeSpec};
 pub use preference::{Move, PreferenceList, ReplicaMove};

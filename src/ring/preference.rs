@@ -1,12 +1,14 @@
 //! Preference lists: which nodes hold a partition's replicas, and what a new
 //! layout moves.
 //!
-//! The walk of a partition lists every node once: the owners met walking the
-//! ring clockwise from it, then nodes owning no partition, by name. The `n`
-//! primaries are taken from the walk, skipping a node whose zone is already
-//! used while unused zones remain; skipped nodes fill the rest, in walk
-//! order, only once every zone is used (a zone-less node is a zone of its
-//! own). Fallbacks are all other nodes in walk order.
+//! The walk of a partition lists every node once: its replica set in order,
+//! then the members of the following partitions' sets met walking the ring
+//! clockwise, then nodes holding no replica, by name. The `n` primaries are
+//! taken from the walk, skipping a node whose zone is already used while
+//! unused zones remain; skipped nodes fill the rest, in walk order, only once
+//! every zone is used (a zone-less node is a zone of its own). For `n` up to
+//! the spread that is a prefix of the replica set, which the claim orders
+//! one node per zone first. Fallbacks are all other nodes in walk order.
 //!
 //! Invariants: primaries are `min(n, nodes)` distinct nodes in
 //! `min(n, zones)` distinct zones; primaries then fallbacks list every node
@@ -77,8 +79,8 @@ impl Layout {
         })
     }
 
-    /// Every node once: owners in ring order from `partition`, then the
-    /// nodes that own nothing.
+    /// Every node once: the replica set of `partition`, the members of the
+    /// following sets in ring order, then the nodes that hold nothing.
     fn walk(&self, partition: PartitionId) -> Result<Vec<NodeIndex>, LayoutError> {
         let q = self.owners().len();
         let start = usize::from(partition);
@@ -90,14 +92,15 @@ impl Layout {
         }
         let mut seen = vec![false; self.nodes().len()];
         let mut order = Vec::with_capacity(self.nodes().len());
-        let ring = self.owners()[start..].iter().chain(&self.owners()[..start]);
-        for &owner in ring {
+        for p in (start..q).chain(0..start) {
             if order.len() == self.owning_nodes() {
                 break;
             }
-            if !seen[usize::from(owner)] {
-                seen[usize::from(owner)] = true;
-                order.push(owner);
+            for &member in self.replica_set(p) {
+                if !seen[usize::from(member)] {
+                    seen[usize::from(member)] = true;
+                    order.push(member);
+                }
             }
         }
         let idle = (0..self.nodes().len()).filter(|&i| !seen[i]);
