@@ -35,9 +35,9 @@
 //! partition trying nodes in a fixed pseudo-random order (so sets mix nodes
 //! evenly and a leaving node's replicas have takers everywhere).
 //!
-//! Finally each set lists kept members first (in their old order), then new
-//! ones, with one node per zone first, so any prefix of it (the primaries
-//! for a smaller `n`) has as many distinct zones as it can.
+//! Finally `order.rs` lists each set's members in slot order, so that every
+//! prefix (the primaries for a smaller `n`) is balanced and spans as many
+//! zones as it can.
 
 use super::flow::{Edge, Graph, Vertex};
 use super::layout::NodeIndex;
@@ -81,41 +81,14 @@ pub(super) fn claim(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> Vec<
         .iter()
         .find_map(|bounds| Network::new(input, previous, bounds).solve());
     let (sets, _) = sets.expect("r <= nodes, so some set of r nodes covers min(r, zones) zones");
-    let mut flat = Vec::with_capacity(previous.len() * input.replicas);
-    for (p, members) in sets.into_iter().enumerate() {
-        flat.extend(ordered(input.zones, &previous[p], members));
-    }
-    flat
-}
-
-/// Kept members in their old order, then new ones by index; then the first
-/// member of each zone ahead of the others.
-fn ordered(zones: &[u32], previous: &[NodeIndex], members: Vec<usize>) -> Vec<NodeIndex> {
-    let kept = previous
-        .iter()
-        .copied()
-        .filter(|&m| members.contains(&usize::from(m)));
-    let fresh = members
-        .iter()
-        .filter(|&&m| !previous.contains(&to_index(m)))
-        .map(|&m| to_index(m));
-    let mut seen: Vec<u32> = Vec::new();
-    let (mut first, mut rest) = (Vec::new(), Vec::new());
-    for member in kept.chain(fresh) {
-        let zone = zones[usize::from(member)];
-        if seen.contains(&zone) {
-            rest.push(member);
-        } else {
-            seen.push(zone);
-            first.push(member);
-        }
-    }
-    first.extend(rest);
-    first
+    super::order::order(input.zones, previous, sets)
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A fixed pseudo-random order of nodes per partition (splitmix64).
-fn scatter(partition: usize, node: usize) -> u64 {
+pub(super) fn scatter(partition: usize, node: usize) -> u64 {
     let mut x = ((partition as u64) << 32 | node as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

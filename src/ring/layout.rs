@@ -147,7 +147,7 @@ pub enum LayoutError {
 
 /// The versioned assignment of partitions to nodes.
 ///
-/// Serialises as `{version, partitions, spread, nodes, replicas}` (the
+/// Serialises as `{format, version, partitions, spread, nodes, replicas}` (the
 /// replica sets flattened, `min(spread, nodes)` per partition) and is
 /// validated when deserialised, so a layout from a peer or a disk upholds the
 /// module invariants and preference lists never index out of bounds.
@@ -172,9 +172,16 @@ pub struct Layout {
     owning_nodes: usize,
 }
 
+/// The format of the serialised layout: 2 is replica sets (`replicas`,
+/// `spread`); 1 was the clockwise walk of owners, which did not carry this
+/// field (STYLE rule 10: a format change gets a new number, and a decoder
+/// refuses numbers it does not know).
+pub const LAYOUT_FORMAT: u8 = 2;
+
 /// The persisted and gossiped shape of a [`Layout`].
 #[derive(Serialize, Deserialize)]
 struct LayoutRepr {
+    format: u8,
     version: u64,
     partitions: u32,
     spread: u8,
@@ -185,6 +192,7 @@ struct LayoutRepr {
 impl From<Layout> for LayoutRepr {
     fn from(layout: Layout) -> Self {
         Self {
+            format: LAYOUT_FORMAT,
             version: layout.version,
             partitions: layout.partitions,
             spread: layout.spread,
@@ -198,6 +206,12 @@ impl TryFrom<LayoutRepr> for Layout {
     type Error = LayoutError;
 
     fn try_from(repr: LayoutRepr) -> Result<Self, Self::Error> {
+        if repr.format != LAYOUT_FORMAT {
+            return Err(LayoutError::Malformed(format!(
+                "layout format {} (this node reads format {LAYOUT_FORMAT})",
+                repr.format
+            )));
+        }
         check_partitions(repr.partitions)?;
         check_spread(repr.spread)?;
         if repr.nodes.windows(2).any(|w| w[0].name > w[1].name) {
@@ -614,7 +628,10 @@ mod tests {
         assert!(err.to_string().contains("twice"), "{err}");
         let bad_q = text.replace("partitions = 16", "partitions = 12");
         assert!(toml::from_str::<Layout>(&bad_q).is_err());
-        let unsorted = "version = 1\npartitions = 1\nspread = 3\nreplicas = [0]\n\
+        let old_format = text.replace("format = 2", "format = 1");
+        let err = toml::from_str::<Layout>(&old_format).expect_err("old format");
+        assert!(err.to_string().contains("layout format 1"), "{err}");
+        let unsorted = "format = 2\nversion = 1\npartitions = 1\nspread = 3\nreplicas = [0]\n\
                         [[nodes]]\nname = \"b\"\n[[nodes]]\nname = \"a\"\n";
         let err = toml::from_str::<Layout>(unsorted).expect_err("unsorted nodes");
         assert!(err.to_string().contains("not sorted"), "{err}");
@@ -622,7 +639,7 @@ mod tests {
 
     #[test]
     fn version_overflow_is_an_error() {
-        let text = "version = 18446744073709551615\npartitions = 1\nspread = 3\n\
+        let text = "format = 2\nversion = 18446744073709551615\npartitions = 1\nspread = 3\n\
                     replicas = [0]\n[[nodes]]\nname = \"a\"\n";
         let layout: Layout = toml::from_str(text).expect("valid layout");
         assert_eq!(

@@ -10,6 +10,7 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 mod claim;
 mod flow;
 mod layout;
+mod order;
 mod preference;
 mod targets;
 

@@ -84,6 +84,34 @@ fn assert_balanced(layout: &Layout) -> Result<(), TestCaseError> {
             counts[i]
         );
     }
+    assert_prefixes_balanced(layout, &counts)
+}
+
+/// Without zone constraints, the first `j` members of the sets (the
+/// primaries of a keyspace with `n = j`) hold each node's share of its
+/// replicas, `j / N` of them, within `j`.
+fn assert_prefixes_balanced(layout: &Layout, counts: &[u32]) -> Result<(), TestCaseError> {
+    let (_, zone_count) = zone_ids(layout.nodes());
+    let r = N.min(layout.nodes().len());
+    if zone_count > 1 || r < N {
+        return Ok(());
+    }
+    for j in 1..N {
+        let mut prefix = vec![0u32; counts.len()];
+        for p in 0..layout.partitions() as usize {
+            for &n in &layout.replica_set(p)[..j] {
+                prefix[usize::from(n)] += 1;
+            }
+        }
+        for (i, (&got, &total)) in prefix.iter().zip(counts).enumerate() {
+            let share = f64::from(total) * j as f64 / N as f64;
+            prop_assert!(
+                (f64::from(got) - share).abs() <= j as f64,
+                "{} is in the first {j} members {got} times, share {share:.1}; all {prefix:?}",
+                layout.nodes()[i].name
+            );
+        }
+    }
     Ok(())
 }
 
