@@ -17,7 +17,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -180,6 +180,15 @@ struct PeerSlot {
     in_flight_gauge: metrics::Gauge,
 }
 
+impl PeerSlot {
+    /// The live connection to `addr`, if there is one.
+    fn live(&self, addr: SocketAddr) -> Option<Arc<Conn>> {
+        let current = self.current.lock();
+        let conn = current.as_ref()?;
+        (conn.is_alive() && conn.addr == addr).then(|| conn.clone())
+    }
+}
+
 struct Inner {
     config: PeerConfig,
     // NOTE: plain locks: lookups only, never held across an await.
@@ -282,25 +291,16 @@ impl TcpTransport {
         addr: SocketAddr,
         request: Request,
     ) -> Result<Response, NetError> {
-        let max = self.inner.config.max_in_flight_per_peer;
+        // NOTE: the waiting and connecting paths are boxed, so the future
+        // of every call (moved into each coordinator fan-out) stays small.
         let _permit = match slot.in_flight.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
-                // NOTE: backpressure, not failure: wait (bounded) for a call
-                // to finish, so a burst slows the callers instead of failing them.
-                metrics::counter!("ringkv_peer_in_flight_waits_total").increment(1);
-                let wait = self.inner.config.request_timeout / 2;
-                match tokio::time::timeout(wait, slot.in_flight.clone().acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) => return Err(NetError::Closed),
-                    Err(_) => {
-                        metrics::counter!("ringkv_peer_overloaded_total").increment(1);
-                        return Err(NetError::Overloaded(max));
-                    }
-                }
-            }
+            Err(_) => Box::pin(self.wait_for_room(slot)).await?,
         };
-        let conn = self.connection(slot, addr).await?;
+        let conn = match slot.live(addr) {
+            Some(conn) => conn,
+            None => Box::pin(self.connection(slot, addr)).await?,
+        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let body = encode_frame(&Frame::Request { id, request })?;
         if body.len() > self.inner.config.max_frame_bytes {
@@ -325,14 +325,29 @@ impl TcpTransport {
         }
     }
 
+    /// Backpressure, not failure: waits (bounded) for one of the calls in
+    /// flight to `slot`'s peer to finish, so a burst slows the callers
+    /// instead of failing them.
+    async fn wait_for_room(&self, slot: &PeerSlot) -> Result<OwnedSemaphorePermit, NetError> {
+        metrics::counter!("ringkv_peer_in_flight_waits_total").increment(1);
+        let wait = self.inner.config.request_timeout / 2;
+        match tokio::time::timeout(wait, slot.in_flight.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(NetError::Closed),
+            Err(_) => {
+                metrics::counter!("ringkv_peer_overloaded_total").increment(1);
+                Err(NetError::Overloaded(
+                    self.inner.config.max_in_flight_per_peer,
+                ))
+            }
+        }
+    }
+
     /// The live connection to `slot`'s peer at `addr`, connecting if there
     /// is none and the backoff window allows.
     async fn connection(&self, slot: &PeerSlot, addr: SocketAddr) -> Result<Arc<Conn>, NetError> {
-        if let Some(conn) = &*slot.current.lock()
-            && conn.is_alive()
-            && conn.addr == addr
-        {
-            return Ok(conn.clone());
+        if let Some(conn) = slot.live(addr) {
+            return Ok(conn);
         }
         let mut link = slot.link.lock().await;
         let failures = match &*link {
