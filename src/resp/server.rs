@@ -410,7 +410,13 @@ async fn run_batch<S: Store>(
                     }
                 }
             }
-            run_concurrently(shared, session, &commands, batch).await;
+            if let [only] = commands.as_slice() {
+                // NOTE: a run of one (every unpipelined request) needs no
+                // session copy and no boxed future.
+                run_one(shared, session, only, batch).await;
+            } else {
+                run_concurrently(shared, session, &commands, batch).await;
+            }
             if let Some(end) = end {
                 return Ok(end);
             }
