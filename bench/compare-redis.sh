@@ -4,8 +4,9 @@
 # Usage: bench/compare-redis.sh [--requests N] [--reps N] [--only-cluster] [--record]
 #   --requests N  requests per redis-benchmark run (default 200000)
 #   --reps N      runs of each benchmark per server, alternating; medians reported (default 3)
-#   --only-cluster  skip the single-node runs (the cluster runs: quorum/quorum,
-#                   one/one, and quorum/quorum with one of the 3 nodes killed)
+#   --only-cluster  skip the single-node runs (the cluster runs, fjall:
+#                   quorum/quorum, one/one, quorum/quorum with one of the 3
+#                   nodes killed; memory engine: quorum/quorum, one/one)
 #   --record      also append the result table to bench/RESULTS.md
 #
 # Builds ringkv in release mode, installs redis-server/redis-tools with apt-get
@@ -169,11 +170,20 @@ fi
 
 # "quorum-down": quorum/quorum with node3 killed (SIGKILL) before the runs,
 # for throughput while one replica is down (hints pile up on the others).
-for setup in quorum one quorum-down; do
+# "memory-*": the same cluster on the memory engine, like the redis-server
+# it is compared with (no persistence), so the cost of the cluster shows
+# apart from the cost of the disk engine.
+for setup in quorum one quorum-down memory-quorum memory-one; do
+  engine=fjall
   levels=${setup%-down}
+  if [ "${setup#memory-}" != "$setup" ]; then
+    engine=memory
+    levels=${setup#memory-}
+  fi
   base=$(free_base)
   "$bin" dev-cluster --nodes 3 --base-port "$base" --data-dir "$work/cluster-$setup" \
-    --read-level "$levels" --write-level "$levels" >"$work/cluster-$setup.log" 2>&1 &
+    --engine "$engine" --read-level "$levels" --write-level "$levels" \
+    >"$work/cluster-$setup.log" 2>&1 &
   cluster_pid=$!
   pids+=("$cluster_pid")
   for i in 0 1 2; do wait_ready $((base + i)); done
@@ -183,7 +193,7 @@ for setup in quorum one quorum-down; do
     grep -q "Ctrl-C stops every node" "$work/cluster-$setup.log" && break
     sleep 0.1
   done
-  label="3-node dev-cluster, n=3, fjall, $levels/$levels"
+  label="3-node dev-cluster, n=3, $engine, $levels/$levels"
   if [ "$setup" = quorum-down ]; then
     # NOTE: the node's own config path names exactly the process this run started.
     pkill -KILL -f -- "$work/cluster-$setup/node3/ringkv.toml"
