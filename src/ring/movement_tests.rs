@@ -18,7 +18,8 @@
 //!
 //! The 1.1x bound of the issue is checked against the optimum everywhere,
 //! and against the formula where the formula is attainable (equal
-//! capacities without zones).
+//! capacities without zones). [`unavoidable`] shows where it is not: from
+//! replica counts alone, a floor under the worst leave of any layout.
 
 use proptest::prelude::*;
 
@@ -62,11 +63,16 @@ fn held(layout: &Layout) -> Vec<u32> {
 }
 
 fn bounds(layout: &Layout) -> Vec<(u32, u32)> {
-    let (zones, zone_count) = zone_ids(layout.nodes());
-    let capacities: Vec<u32> = layout.nodes().iter().map(|n| n.capacity).collect();
+    bounds_of(layout.partitions(), layout.nodes())
+}
+
+/// Each node's floor and ceiling in a layout of `nodes` with `q` partitions.
+fn bounds_of(q: u32, nodes: &[NodeSpec]) -> Vec<(u32, u32)> {
+    let (zones, zone_count) = zone_ids(nodes);
+    let capacities: Vec<u32> = nodes.iter().map(|n| n.capacity).collect();
     let demand = Demand {
-        partitions: u64::from(layout.partitions()),
-        replicas: N.min(layout.nodes().len()),
+        partitions: u64::from(q),
+        replicas: N.min(nodes.len()),
         capacities: &capacities,
         zones: &zones,
         zone_count,
@@ -117,13 +123,19 @@ fn assert_prefixes_balanced(layout: &Layout, counts: &[u32]) -> Result<(), TestC
 
 /// The count-based lower bound on the copies from `old` to `new`.
 fn formula(old: &Layout, new: &Layout) -> u32 {
+    formula_for(old, new.nodes())
+}
+
+/// [`formula`] for a change of `old` to the (sorted, validated) `nodes`.
+fn formula_for(old: &Layout, nodes: &[NodeSpec]) -> u32 {
     let old_held = held(old);
+    let new_bounds = bounds_of(old.partitions(), nodes);
     let (mut gains, mut losses) = (0u32, 0u32);
-    for (j, node) in new.nodes().iter().enumerate() {
+    for (j, node) in nodes.iter().enumerate() {
         let before = old
             .index_of(&node.name)
             .map_or(0, |i| old_held[usize::from(i)]);
-        let (floor, ceiling) = bounds(new)[j];
+        let (floor, ceiling) = new_bounds[j];
         gains += floor.saturating_sub(before);
         losses += before.saturating_sub(ceiling);
     }
@@ -131,14 +143,176 @@ fn formula(old: &Layout, new: &Layout) -> u32 {
         .nodes()
         .iter()
         .zip(&old_held)
-        .filter(|(node, _)| new.index_of(&node.name).is_none())
+        .filter(|(node, _)| !nodes.iter().any(|n| n.name == node.name))
         .map(|(_, &h)| h)
         .sum();
     // NOTE: below `N` nodes a set shrinks with the cluster, and the
     // replicas it sheds need no new copy.
     let set_size = |layout: &Layout| N.min(layout.nodes().len()) as u32;
-    let shed = set_size(old).saturating_sub(set_size(new)) * old.partitions();
+    let new_size = N.min(nodes.len()) as u32;
+    let shed = set_size(old).saturating_sub(new_size) * old.partitions();
     gains.max((losses + vacated).saturating_sub(shed))
+}
+
+/// A lower bound, from the replica counts of `layout` alone, on the worst
+/// ratio over the formula among the leaves of its nodes: no layout with
+/// these counts (so no balanced layout of these nodes) does better for
+/// every leaver. `None` when a leave shrinks the sets.
+///
+/// Why: when `x` leaves (`r` unchanged), the copies are the `held(x)`
+/// vacated places plus one per survivor the new layout drops. Survivor `n`
+/// must gain `need_n(x) = floor' - held` replicas, and enters a set without
+/// dropping anyone only if `x` was in it and `n` was not (with distinct
+/// zones: `n`'s zone was not), so `copies(x) >= held(x) + sum_n max(0,
+/// need_n(x) - |L_n & P_x|)`, `L_n` the sets lacking `n` and `P_x` those
+/// holding `x`. That alone is never above the formula: the old layout may
+/// have put `x` exactly where each grower needs it. But for a group `G` of
+/// leavers, `sum over x in G of |L_n & P_x| <= m * |L_n|`, `m` the most
+/// members of `G` a set can hold, and `|L_n| = Q - held(n)` whatever the
+/// structure: the sets lacking `n` cannot all hold every leaver. The worst
+/// ratio in `G` is at least the ratio of the sums. Every group is tried.
+fn unavoidable(layout: &Layout) -> Option<f64> {
+    let counts = LeaveCounts::new(layout)?;
+    let k = counts.held.len();
+    let mut best = 1.0f64;
+    for mask in 1u32..(1 << k) {
+        let group: Vec<usize> = (0..k).filter(|&x| mask >> x & 1 == 1).collect();
+        let formula: i64 = group.iter().map(|&x| counts.formula[x]).sum();
+        if formula == 0 {
+            continue;
+        }
+        let vacated: i64 = group.iter().map(|&x| counts.held[x]).sum();
+        let drops = counts
+            .node_drops(&group)
+            .max(counts.zone_drops(&group))
+            .max(counts.surplus_drops(&group));
+        best = best.max(formula.max(vacated + drops) as f64 / formula as f64);
+    }
+    Some(best)
+}
+
+/// What [`unavoidable`] needs to know about each possible leave.
+struct LeaveCounts {
+    q: i64,
+    held: Vec<i64>,
+    zones: Vec<u32>,
+    zone_count: usize,
+    /// `need[x][n]`: what survivor `n` must gain when `x` leaves.
+    need: Vec<Vec<i64>>,
+    /// `zone_most[x][z]`: the most zone `z` may hold once `x` leaves.
+    zone_most: Vec<Vec<i64>>,
+    /// `formula[x]`: the formula for the leave of `x`.
+    formula: Vec<i64>,
+    /// Whether zones stay distinct in every set once `x` leaves.
+    distinct_after: Vec<bool>,
+}
+
+impl LeaveCounts {
+    fn new(layout: &Layout) -> Option<Self> {
+        let k = layout.nodes().len();
+        if k <= N {
+            return None;
+        }
+        let held: Vec<i64> = held(layout).iter().map(|&h| i64::from(h)).collect();
+        let (zones, zone_count) = zone_ids(layout.nodes());
+        let mut counts = Self {
+            q: i64::from(layout.partitions()),
+            need: vec![vec![0; k]; k],
+            zone_most: vec![vec![0; zone_count]; k],
+            formula: vec![0; k],
+            distinct_after: vec![false; k],
+            held,
+            zones,
+            zone_count,
+        };
+        for x in 0..k {
+            let mut rest = layout.nodes().to_vec();
+            rest.remove(x);
+            let new_bounds = bounds_of(layout.partitions(), &rest);
+            for (j, n) in (0..k).filter(|&n| n != x).enumerate() {
+                let (floor, ceiling) = new_bounds[j];
+                counts.need[x][n] = (i64::from(floor) - counts.held[n]).max(0);
+                counts.zone_most[x][counts.zones[n] as usize] += i64::from(ceiling);
+            }
+            counts.formula[x] = i64::from(formula_for(layout, &rest));
+            counts.distinct_after[x] = zone_count >= N && zone_ids(&rest).1 >= N;
+        }
+        Some(counts)
+    }
+
+    /// How many members of `group` one set can hold.
+    fn per_set(&self, group: &[usize]) -> i64 {
+        let mut spanned: Vec<u32> = group.iter().map(|&x| self.zones[x]).collect();
+        spanned.sort_unstable();
+        spanned.dedup();
+        let distinct = self.zone_count >= N;
+        let m = if distinct { spanned.len() } else { group.len() };
+        m.min(N) as i64
+    }
+
+    /// Drops forced, summed over `group`, by each node's growth.
+    fn node_drops(&self, group: &[usize]) -> i64 {
+        let nodes = 0..self.held.len();
+        let forced = nodes.map(|n| {
+            let others: Vec<usize> = group.iter().copied().filter(|&x| x != n).collect();
+            let wanted: i64 = others.iter().map(|&x| self.need[x][n]).sum();
+            (wanted - self.per_set(&others) * (self.q - self.held[n])).max(0)
+        });
+        forced.sum()
+    }
+
+    /// The same per zone, with distinct zones: a set takes a member of
+    /// zone `z` only where it lacks `z` (leavers outside `z` whose leave
+    /// keeps zones distinct).
+    fn zone_drops(&self, group: &[usize]) -> i64 {
+        if self.zone_count < N {
+            return 0;
+        }
+        let forced = (0..self.zone_count as u32).map(|z| {
+            let members: Vec<usize> = self.members(z).collect();
+            let zone_held: i64 = members.iter().map(|&n| self.held[n]).sum();
+            let others: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|&x| self.zones[x] != z && self.distinct_after[x])
+                .collect();
+            let wanted: i64 = others
+                .iter()
+                .map(|&x| members.iter().map(|&n| self.need[x][n]).sum::<i64>())
+                .sum();
+            (wanted - self.per_set(&others) * (self.q - zone_held)).max(0)
+        });
+        forced.sum()
+    }
+
+    /// With two zones and `r = 3` every set holds one or two members of
+    /// zone `z`, `H_z - Q` sets two. Once `x` of `z` leaves (`z` keeping a
+    /// node), at most `T'_z - Q` sets may hold two, so the others that kept
+    /// two survivors drop one: `H_z - T'_z - |M_z & P_x|` drops, `M_z` the
+    /// sets holding two, each of which holds two members of `z`.
+    fn surplus_drops(&self, group: &[usize]) -> i64 {
+        if self.zone_count != 2 || N != 3 {
+            return 0;
+        }
+        let forced = (0..2u32).map(|z| {
+            let leavers: Vec<usize> = group
+                .iter()
+                .copied()
+                .filter(|&x| self.zones[x] == z && self.members(z).count() > 1)
+                .collect();
+            let zone_held: i64 = self.members(z).map(|n| self.held[n]).sum();
+            let over: i64 = leavers
+                .iter()
+                .map(|&x| zone_held - self.zone_most[x][z as usize])
+                .sum();
+            (over - leavers.len().min(2) as i64 * (zone_held - self.q)).max(0)
+        });
+        forced.sum()
+    }
+
+    fn members(&self, zone: u32) -> impl Iterator<Item = usize> + '_ {
+        (0..self.held.len()).filter(move |&n| self.zones[n] == zone)
+    }
 }
 
 /// Copies made, over the formula and over the certified optimum.
@@ -264,5 +438,104 @@ fn worst_movement_ratios() {
                 assert!(worst_join.0 <= LIMIT && worst_leave.0 <= LIMIT);
             }
         }
+    }
+}
+
+/// Leaves whose worst case no layout can bring within 1.1x of the formula:
+/// with zones, equal capacities. Seven nodes in four zones (three pairs and
+/// a single): once a node of a pair leaves, the other two pairs' zones must
+/// be in every set, and each set lacking one of them holds just one node of
+/// the leaver's pair, so the worst of the two leaves copies at least ~1.33x
+/// the formula whatever the layout. Seven nodes in two zones (four and
+/// three) hit the same wall through the sets holding two nodes of a zone.
+#[test]
+fn zones_can_put_the_formula_out_of_reach() {
+    for (zones, bits, at_least) in [(4usize, 8u32, 1.3f64), (2, 6, 1.2)] {
+        let layout = grown(1 << bits, &cluster(&[1; 7], zones)).expect("balanced");
+        let bound = unavoidable(&layout).expect("leaves keep r");
+        let worst = (0..7)
+            .map(|gone| {
+                let mut rest = layout.nodes().to_vec();
+                rest.remove(gone);
+                ratios(&layout, &layout.with_nodes(rest).expect("valid")).0
+            })
+            .fold(0.0f64, f64::max);
+        println!(
+            "zones {zones}, Q = {}: worst leave {worst:.3}, unavoidable {bound:.3}",
+            1 << bits
+        );
+        assert!(bound >= at_least, "zones {zones}: bound {bound:.3}");
+        assert!(worst >= bound - 1e-9, "the bound holds for this layout too");
+    }
+}
+
+/// The grid behind docs/design/ring.md: every join and every leave of
+/// clusters grown to 2..=12 nodes, 0..=4 zones, equal capacities and 4
+/// capacity seeds, `Q = 2^b` for `b` in `RING_GRID_BITS` (default
+/// `6,8,10`; about 5 minutes in debug). Prints the worst ratios over the
+/// formula and the worst [`unavoidable`] bound, and checks that bound
+/// against every layout
+/// (`cargo test --lib ring::movement_tests::movement_grid -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn movement_grid() {
+    let bits: Vec<u32> = std::env::var("RING_GRID_BITS")
+        .unwrap_or_else(|_| "6,8,10".into())
+        .split(',')
+        .map(|b| b.trim().parse().expect("RING_GRID_BITS lists exponents"))
+        .collect();
+    let seeds = [
+        0x9e37_79b9_7f4a_7c15u64,
+        0x1234_5678_9abc_def1,
+        0xdead_beef_cafe_f00d,
+        0x0f0f_3c3c_a5a5_9669,
+    ];
+    for zones in 0..=4usize {
+        for unequal in [false, true] {
+            // Equal capacities ignore the seed.
+            let seeds = if unequal { &seeds[..] } else { &seeds[..1] };
+            let mut worst = GridWorst::default();
+            for &seed in seeds {
+                for &b in &bits {
+                    let nodes = cluster(&capacities(unequal, 12, seed), zones);
+                    grid_run(1 << b, &nodes, &mut worst);
+                }
+            }
+            println!(
+                "zones {zones} unequal {unequal}: join {:.3}, leave {:.3} (unavoidable {:.3})",
+                worst.join, worst.leave, worst.unavoidable
+            );
+        }
+    }
+}
+
+#[derive(Default)]
+struct GridWorst {
+    join: f64,
+    leave: f64,
+    unavoidable: f64,
+}
+
+/// Grows `nodes` one join at a time and tries every leave on the way.
+fn grid_run(q: u32, nodes: &[NodeSpec], worst: &mut GridWorst) {
+    let mut layout = Layout::initial(q, nodes[..1].to_vec()).expect("valid");
+    for size in 2..=nodes.len() {
+        let next = layout.with_nodes(nodes[..size].to_vec()).expect("valid");
+        worst.join = worst.join.max(ratios(&layout, &next).0);
+        layout = next;
+        let mut leaves = 0.0f64;
+        for gone in 0..size {
+            let mut rest = layout.nodes().to_vec();
+            rest.remove(gone);
+            let after = layout.with_nodes(rest).expect("valid");
+            leaves = leaves.max(ratios(&layout, &after).0);
+        }
+        let bound = unavoidable(&layout).unwrap_or(1.0);
+        assert!(
+            leaves >= bound - 1e-9,
+            "bound {bound} above measured {leaves}"
+        );
+        worst.leave = worst.leave.max(leaves);
+        worst.unavoidable = worst.unavoidable.max(bound);
     }
 }
