@@ -55,6 +55,19 @@ pub(super) struct ClaimInput<'a> {
     pub replicas: usize,
 }
 
+impl ClaimInput<'_> {
+    /// Each node's (floor, ceiling) of replicas over `partitions`.
+    fn bounds(&self, partitions: usize) -> Vec<(u32, u32)> {
+        replica_bounds(&replica_shares(&Demand {
+            partitions: partitions as u64,
+            replicas: self.replicas,
+            capacities: self.capacities,
+            zones: self.zones,
+            zone_count: self.zone_count,
+        }))
+    }
+}
+
 /// The members of every partition, `replicas` per partition in slot order,
 /// flattened. `previous[p]` lists partition `p`'s surviving members.
 pub(super) fn claim(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> Vec<NodeIndex> {
@@ -63,14 +76,7 @@ pub(super) fn claim(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> Vec<
         nodes > 0 && (1..=nodes).contains(&input.replicas),
         "layouts validate that there is a node and clamp replicas to the node count"
     );
-    let demand = Demand {
-        partitions: previous.len() as u64,
-        replicas: input.replicas,
-        capacities: input.capacities,
-        zones: input.zones,
-        zone_count: input.zone_count,
-    };
-    let bounds = replica_bounds(&replica_shares(&demand));
+    let bounds = input.bounds(previous.len());
     // NOTE: the shares are built so that the first attempt always succeeds
     // (the property tests check balance); the looser ones only make sure a
     // layout exists whatever happens: no floors, then no balance at all.
@@ -274,14 +280,7 @@ impl Network {
 /// optimality certificate (panics if the certificate fails).
 #[cfg(test)]
 pub(super) fn certified_minimum(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> i64 {
-    let demand = Demand {
-        partitions: previous.len() as u64,
-        replicas: input.replicas,
-        capacities: input.capacities,
-        zones: input.zones,
-        zone_count: input.zone_count,
-    };
-    let bounds = replica_bounds(&replica_shares(&demand));
+    let bounds = input.bounds(previous.len());
     let (_, network) = Network::new(input, previous, &bounds)
         .solve()
         .expect("balanced layouts exist");

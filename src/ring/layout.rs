@@ -326,15 +326,9 @@ impl Layout {
     pub(super) fn minimum_copies(&self, nodes: Vec<NodeSpec>) -> usize {
         let nodes = validate_nodes(nodes).expect("valid nodes");
         let previous = self.surviving_sets(&nodes);
-        let (zones, zone_count) = zone_ids(&nodes);
-        let capacities: Vec<u32> = nodes.iter().map(|n| n.capacity).collect();
-        let input = ClaimInput {
-            capacities: &capacities,
-            zones: &zones,
-            zone_count,
-            replicas: replication(self.spread, nodes.len()),
-        };
-        let copies = claim::certified_minimum(&input, &previous);
+        let copies = with_claim_input(self.spread, &nodes, |input| {
+            claim::certified_minimum(input, &previous)
+        });
         usize::try_from(copies).expect("a count")
     }
 
@@ -415,15 +409,7 @@ impl Layout {
         nodes: Vec<NodeSpec>,
         previous: &[Vec<NodeIndex>],
     ) -> Layout {
-        let (zones, zone_count) = zone_ids(&nodes);
-        let capacities: Vec<u32> = nodes.iter().map(|n| n.capacity).collect();
-        let input = ClaimInput {
-            capacities: &capacities,
-            zones: &zones,
-            zone_count,
-            replicas: replication(spread, nodes.len()),
-        };
-        let replicas = claim::claim(&input, previous);
+        let replicas = with_claim_input(spread, &nodes, |input| claim::claim(input, previous));
         Self::assemble(version, partitions, spread, nodes, replicas)
     }
 
@@ -523,6 +509,18 @@ fn validate_nodes(mut nodes: Vec<NodeSpec>) -> Result<Vec<NodeSpec>, LayoutError
 
 /// Zone id per node and the number of ids: named zones are numbered in name
 /// order, then each zone-less node gets an id of its own.
+/// Runs `f` on the claim's view of `nodes` for replica sets of `spread`.
+fn with_claim_input<T>(spread: u8, nodes: &[NodeSpec], f: impl FnOnce(&ClaimInput<'_>) -> T) -> T {
+    let (zones, zone_count) = zone_ids(nodes);
+    let capacities: Vec<u32> = nodes.iter().map(|n| n.capacity).collect();
+    f(&ClaimInput {
+        capacities: &capacities,
+        zones: &zones,
+        zone_count,
+        replicas: replication(spread, nodes.len()),
+    })
+}
+
 pub(super) fn zone_ids(nodes: &[NodeSpec]) -> (Vec<u32>, usize) {
     let mut named: Vec<&str> = nodes.iter().filter_map(|n| n.zone.as_deref()).collect();
     named.sort_unstable();
