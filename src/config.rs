@@ -495,12 +495,14 @@ impl Config {
         let grace = self.storage.tombstone_grace_ms;
         // NOTE: a hint's age is measured on its holder's clock and a
         // tombstone's on its replica's, so the skew allowed between them
-        // and a delivery that waits a request timeout count too.
-        let hint_bound = c.hint_window_ms + self.limits.max_clock_skew_ms + c.request_timeout_ms;
+        // and a delivery that waits a request timeout (plus the sweep that
+        // ends it) count too.
+        let call_ms = c.request_timeout_ms + crate::net::MAX_CALL_OVERRUN.as_millis() as u64;
+        let hint_bound = c.hint_window_ms + self.limits.max_clock_skew_ms + call_ms;
         if grace <= hint_bound {
             return fail(format!(
                 "storage.tombstone_grace_ms = {grace} must be longer than cluster.hint_window_ms + \
-                 limits.max_clock_skew_ms + cluster.request_timeout_ms = {hint_bound}: \
+                 limits.max_clock_skew_ms + cluster.request_timeout_ms + 100 ms = {hint_bound}: \
                  a hint delivered after its tombstone was purged would bring a deleted key back"
             ));
         }
@@ -680,10 +682,10 @@ mod tests {
         c.storage.tombstone_grace_ms = 82_241;
         c.validate().unwrap();
         c.cluster.aae_interval_ms = 0;
-        c.storage.tombstone_grace_ms = 63_000;
+        c.storage.tombstone_grace_ms = 63_100;
         let error = c.validate().unwrap_err().to_string();
         assert!(error.contains("max_clock_skew_ms"), "{error}");
-        c.storage.tombstone_grace_ms = 63_001;
+        c.storage.tombstone_grace_ms = 63_101;
         c.validate().unwrap();
     }
 

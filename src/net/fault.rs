@@ -294,9 +294,7 @@ impl<T: Transport> FaultyTransport<T> {
             }
             Ok(response)
         };
-        tokio::time::timeout_at(deadline, exchange)
-            .await
-            .unwrap_or(Err(NetError::Timeout))
+        super::before(deadline, exchange).await
     }
 }
 

@@ -30,7 +30,7 @@ pub use fault::{FaultTable, FaultyTransport};
 pub use frame::PROTOCOL_VERSION;
 pub use memory::{BoxedHandler, MemNetwork, MemTransport};
 pub use server::{PeerServerHandle, bind_peer_server, spawn_peer_server};
-pub use tcp::{PeerConfig, TcpTransport};
+pub use tcp::{MAX_CALL_OVERRUN, PeerConfig, TcpTransport};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,16 @@ pub enum NetError {
     /// The transport is shutting down.
     #[error("transport closed")]
     Closed,
+}
+
+/// `work`, or [`NetError::Timeout`] if it has not finished by `deadline`.
+pub(crate) async fn before<T>(
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(NetError::Timeout))
 }
 
 /// Sends requests to peers.

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::auth::{FrameReader, authenticated, client_handshake, handshake_reader, read_frame};
+use super::before;
 use super::frame::{Frame, encode_frame, write_loop};
 use super::{NetError, PeerId, Request, Response, Transport};
 
@@ -33,7 +34,9 @@ pub struct PeerConfig {
     pub node_name: String,
     /// The shared cluster secret both ends prove they know.
     pub cluster_secret: String,
-    /// Longest a call waits for its answer, connecting included. Default 2 s.
+    /// Longest a call waits for its answer, connecting included, plus at
+    /// most one sweep of its connection (a tenth of this, at most 100 ms).
+    /// Default 2 s.
     pub request_timeout: Duration,
     /// Longest a connect plus handshake may take (client side). Default 1 s.
     pub connect_timeout: Duration,
@@ -96,10 +99,9 @@ impl PeerConfig {
     }
 }
 
-/// Callers waiting for responses on one connection, by request id.
-// NOTE: a plain mutex: held only to insert/remove one entry, never across an await.
-/// The calls waiting on one connection: id -> (deadline, answer).
-// NOTE: deadlines are swept by the connection task instead of a timer per
+/// The calls waiting on one connection: request id -> (deadline, answer).
+// NOTE: a plain mutex: held only to insert/remove entries, never across an
+// await. Deadlines are swept by the connection task instead of a timer per
 // call: a tokio timeout per call cost 3-8% of a coordinator's CPU.
 type Pending = Mutex<HashMap<u64, (Instant, oneshot::Sender<Result<Response, NetError>>)>>;
 
@@ -120,10 +122,7 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.task.abort();
-        fail_all(
-            &self.pending,
-            &NetError::Unreachable("connection closed".into()),
-        );
+        fail_all(&self.pending, &closed());
     }
 }
 
@@ -150,21 +149,14 @@ impl Drop for InFlightGauge<'_> {
     }
 }
 
-/// `work`, or [`NetError::Timeout`] if it has not finished by `deadline`.
-async fn before<T>(
-    deadline: Instant,
-    work: impl Future<Output = Result<T, NetError>>,
-) -> Result<T, NetError> {
-    tokio::time::timeout_at(deadline, work)
-        .await
-        .unwrap_or(Err(NetError::Timeout))
-}
-
 /// How often a connection fails its expired calls: a tenth of the request
 /// timeout, between 1 ms and 100 ms.
 fn sweep_period(request_timeout: Duration) -> Duration {
-    (request_timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100))
+    (request_timeout / 10).clamp(Duration::from_millis(1), MAX_CALL_OVERRUN)
 }
+
+/// The most a call can outlast its request timeout: one sweep period.
+pub const MAX_CALL_OVERRUN: Duration = Duration::from_millis(100);
 
 fn closed() -> NetError {
     NetError::Unreachable("connection closed".into())
@@ -385,7 +377,7 @@ impl TcpTransport {
         }
         match answer_rx.await {
             Ok(answer) => answer,
-            Err(_) => Err(NetError::Unreachable("connection closed".into())),
+            Err(_) => Err(closed()),
         }
     }
 
@@ -552,7 +544,7 @@ async fn run_client_conn(
             tracing::debug!(%peer, error = %e, "peer connection closed");
             NetError::Unreachable(e.to_string())
         }
-        Ok(()) => NetError::Unreachable("connection closed".into()),
+        Ok(()) => closed(),
     };
     fail_all(&pending, &err);
 }

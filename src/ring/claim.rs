@@ -83,9 +83,24 @@ pub(super) fn claim(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>]) -> Vec<
     let q = previous.len() as u32;
     let no_floors: Vec<(u32, u32)> = bounds.iter().map(|&(_, c)| (0, c)).collect();
     let anything = vec![(0, q); nodes];
+    const ATTEMPTS: [&str; 3] = ["balanced", "without floors", "without balance"];
     let sets = [bounds, no_floors, anything]
         .iter()
-        .find_map(|bounds| Network::new(input, previous, bounds).solve());
+        .zip(ATTEMPTS)
+        .find_map(|(bounds, attempt)| {
+            let solved = Network::new(input, previous, bounds).solve()?;
+            if attempt != ATTEMPTS[0] {
+                // NOTE: never seen in the tests; loud, because an unbalanced
+                // layout is an operator-visible defect.
+                tracing::error!(
+                    attempt,
+                    nodes,
+                    partitions = previous.len(),
+                    "no balanced layout was found; the layout is built {attempt}"
+                );
+            }
+            Some(solved)
+        });
     let (sets, _) = sets.expect("r <= nodes, so some set of r nodes covers min(r, zones) zones");
     super::order::order(input.zones, previous, sets)
         .into_iter()

@@ -507,8 +507,6 @@ fn validate_nodes(mut nodes: Vec<NodeSpec>) -> Result<Vec<NodeSpec>, LayoutError
     Ok(nodes)
 }
 
-/// Zone id per node and the number of ids: named zones are numbered in name
-/// order, then each zone-less node gets an id of its own.
 /// Runs `f` on the claim's view of `nodes` for replica sets of `spread`.
 fn with_claim_input<T>(spread: u8, nodes: &[NodeSpec], f: impl FnOnce(&ClaimInput<'_>) -> T) -> T {
     let (zones, zone_count) = zone_ids(nodes);
@@ -521,6 +519,8 @@ fn with_claim_input<T>(spread: u8, nodes: &[NodeSpec], f: impl FnOnce(&ClaimInpu
     })
 }
 
+/// Zone id per node and the number of ids: named zones are numbered in name
+/// order, then each zone-less node gets an id of its own.
 pub(super) fn zone_ids(nodes: &[NodeSpec]) -> (Vec<u32>, usize) {
     let mut named: Vec<&str> = nodes.iter().filter_map(|n| n.zone.as_deref()).collect();
     named.sort_unstable();

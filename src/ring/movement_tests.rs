@@ -93,13 +93,14 @@ fn assert_balanced(layout: &Layout) -> Result<(), TestCaseError> {
     assert_prefixes_balanced(layout, &counts)
 }
 
-/// Without zone constraints, the first `j` members of the sets (the
-/// primaries of a keyspace with `n = j`) hold each node's share of its
-/// replicas, `j / N` of them, within `j`.
+/// Without zone constraints (no zones, one zone, or every node a zone of
+/// its own), the first `j` members of the sets (the primaries of a
+/// keyspace with `n = j`) hold each node's share of its replicas, `j / N`
+/// of them, within `j`.
 fn assert_prefixes_balanced(layout: &Layout, counts: &[u32]) -> Result<(), TestCaseError> {
     let (_, zone_count) = zone_ids(layout.nodes());
-    let r = N.min(layout.nodes().len());
-    if zone_count > 1 || r < N {
+    let nodes = layout.nodes().len();
+    if (1 < zone_count && zone_count < nodes) || nodes < N {
         return Ok(());
     }
     for j in 1..N {
@@ -375,7 +376,10 @@ proptest! {
         let old = grown(1 << bits, &nodes[..k - 1])?;
         let new = old.with_nodes(nodes).expect("valid");
         let (by_formula, by_optimum) = ratios(&old, &new);
-        prop_assert!(by_optimum <= LIMIT, "join of node {k}: {by_optimum:.3} of the optimum");
+        // NOTE: the optimum comes from the same flow as the claim, so this
+        // is a consistency check (the layout copies exactly what the
+        // certified minimum says), not an independent bound.
+        prop_assert!(by_optimum == 1.0, "join of node {k}: {by_optimum:.3} of the optimum");
         if !unequal && zones <= 1 {
             prop_assert!(by_formula <= LIMIT, "join of node {k}: {by_formula:.3} of the formula");
         }
@@ -390,7 +394,7 @@ proptest! {
         rest.remove(gone % k);
         let new = old.with_nodes(rest).expect("valid");
         let (by_formula, by_optimum) = ratios(&old, &new);
-        prop_assert!(by_optimum <= LIMIT, "leave of node {gone} of {k}: {by_optimum:.3} of the optimum");
+        prop_assert!(by_optimum == 1.0, "leave of node {gone} of {k}: {by_optimum:.3} of the optimum");
         if !unequal && zones <= 1 {
             prop_assert!(by_formula <= LIMIT, "leave of node {gone} of {k}: {by_formula:.3} of the formula");
         }
