@@ -380,6 +380,7 @@ fn single_node_view(config: &Config) -> ViewFn {
     let view = ClusterView {
         node: config.node.name.clone(),
         layout_version: 1,
+        layout_digest: String::new(),
         partitions: config.cluster.partitions,
         members: vec![MemberView {
             name: config.node.name.clone(),
@@ -390,6 +391,8 @@ fn single_node_view(config: &Config) -> ViewFn {
             partitions_owned: config.cluster.partitions,
             gossip_addr: None,
             layout_version: Some(1),
+            layout_digest: None,
+            layout_mismatch: false,
         }],
     };
     Arc::new(move || view.clone())
@@ -430,7 +433,9 @@ async fn start_cluster(
         "cluster layout computed"
     );
     let layout_version = layout.version();
+    let layout_digest = layout.digest();
     let membership = Membership::new(config.node.name.clone(), config.cluster.nodes.clone());
+    membership.set_own_layout(layout_version, layout_digest);
     let hints = Arc::new(Hints::open(
         open_hint_engine(config)?,
         HintConfig {
@@ -478,7 +483,12 @@ async fn start_cluster(
             addr: config.node.peer_addr,
             source,
         })?;
-    let gossip = gossip_config(config, secret, peer.local_addr(), layout_version);
+    let gossip = gossip_config(
+        config,
+        secret,
+        peer.local_addr(),
+        (layout_version, layout_digest),
+    );
     let gossip_addr = gossip.listen_addr;
     membership.set_own_gossip_addr(gossip.advertise_addr);
     let follow = transport.clone();
@@ -542,7 +552,7 @@ fn gossip_config(
     config: &Config,
     secret: String,
     bound_peer_addr: SocketAddr,
-    layout_version: u64,
+    (layout_version, layout_digest): (u64, u64),
 ) -> GossipConfig {
     let me = config
         .cluster
@@ -569,6 +579,7 @@ fn gossip_config(
         peer_addr: advertise(bound_peer_addr),
         zone: me.and_then(|m| m.zone.clone()),
         layout_version,
+        layout_digest,
     }
 }
 

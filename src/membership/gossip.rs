@@ -33,6 +33,9 @@ pub const KEY_PEER_ADDR: &str = "peer_addr";
 pub const KEY_ZONE: &str = "zone";
 /// Chitchat key of the layout version the node runs.
 pub const KEY_LAYOUT_VERSION: &str = "layout_version";
+/// Chitchat key of the digest ([`crate::ring::Layout::digest`], hex) of
+/// the layout the node runs.
+pub const KEY_LAYOUT_DIGEST: &str = "layout_digest";
 
 /// Phi above which a peer is down. With heartbeats every ~0.2 s this is
 /// ~2 s of silence: under the 5 s bar, above scheduler hiccups on 2 cores.
@@ -66,6 +69,8 @@ pub struct GossipConfig {
     pub zone: Option<String>,
     /// Layout version published to peers.
     pub layout_version: u64,
+    /// Layout digest published to peers.
+    pub layout_digest: u64,
 }
 
 /// Why gossip could not start.
@@ -100,10 +105,14 @@ impl std::fmt::Debug for MembershipHandle {
 }
 
 impl MembershipHandle {
-    /// Publishes a new layout version to the cluster.
-    pub async fn publish_layout_version(&self, version: u64) {
+    /// Publishes a new layout (its version and digest) to the cluster.
+    pub async fn publish_layout(&self, version: u64, digest: u64) {
         self.chitchat
-            .with_chitchat(|c| c.self_node_state().set(KEY_LAYOUT_VERSION, version))
+            .with_chitchat(|c| {
+                let state = c.self_node_state();
+                state.set(KEY_LAYOUT_VERSION, version);
+                state.set(KEY_LAYOUT_DIGEST, format!("{digest:016x}"));
+            })
             .await;
     }
 
@@ -169,6 +178,10 @@ pub async fn spawn_gossip(
         (
             KEY_LAYOUT_VERSION.to_owned(),
             config.layout_version.to_string(),
+        ),
+        (
+            KEY_LAYOUT_DIGEST.to_owned(),
+            format!("{:016x}", config.layout_digest),
         ),
     ];
     let chitchat = spawn_chitchat(chitchat_config(&config), initial, transport)
@@ -253,6 +266,9 @@ fn observe(chitchat: &Chitchat, me: &str) -> Vec<Observation> {
                 .filter(|z| !z.is_empty())
                 .map(str::to_owned),
             layout_version: state.get(KEY_LAYOUT_VERSION).and_then(|v| v.parse().ok()),
+            layout_digest: state
+                .get(KEY_LAYOUT_DIGEST)
+                .and_then(|d| u64::from_str_radix(d, 16).ok()),
         })
         .collect()
 }
@@ -306,6 +322,7 @@ mod tests {
             peer_addr: addr(9100 + i),
             zone: Some(format!("z{i}")),
             layout_version: 7,
+            layout_digest: 0xabc0 + u64::from(i),
         };
         let handle = spawn_gossip(
             config,
@@ -356,6 +373,7 @@ mod tests {
             n3.peer_addr == "127.0.0.1:9103"
                 && n3.zone.as_deref() == Some("z3")
                 && n3.layout_version == Some(7)
+                && n3.layout_digest.as_deref() == Some("000000000000abc3")
         })
         .await;
         wait_until("n1 hands both addresses to the transport", || {
@@ -365,7 +383,7 @@ mod tests {
         })
         .await;
 
-        h2.publish_layout_version(8).await;
+        h2.publish_layout(8, 0xabc2).await;
         wait_until("a new layout version spreads", || {
             m3.view(&layout).members[1].layout_version == Some(8)
         })

@@ -56,6 +56,13 @@ pub struct MemberView {
     /// Layout version the node says it runs, once heard from.
     #[serde(default)]
     pub layout_version: Option<u64>,
+    /// Digest (hex) of the layout the node says it runs, once heard from.
+    #[serde(default)]
+    pub layout_digest: Option<String>,
+    /// True if it runs this node's layout version with a different
+    /// assignment: the two disagree about where data lives.
+    #[serde(default)]
+    pub layout_mismatch: bool,
 }
 
 /// The cluster as one node sees it (`GET /v1/cluster`).
@@ -65,6 +72,9 @@ pub struct ClusterView {
     pub node: String,
     /// Version of the layout in force.
     pub layout_version: u64,
+    /// Digest (hex) of the layout in force.
+    #[serde(default)]
+    pub layout_digest: String,
     /// Partition count `Q`.
     pub partitions: u32,
     /// Every member, sorted by name.
@@ -82,6 +92,7 @@ pub(crate) struct Observation {
     pub peer_addr: Option<SocketAddr>,
     pub zone: Option<String>,
     pub layout_version: Option<u64>,
+    pub layout_digest: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,6 +111,8 @@ pub struct Membership {
     peers: RwLock<HashMap<String, PeerState>>,
     /// The gossip address this node advertises, once gossip started.
     own_gossip_addr: RwLock<Option<SocketAddr>>,
+    /// The (version, digest) of the layout this node runs.
+    own_layout: RwLock<Option<(u64, u64)>>,
 }
 
 impl Membership {
@@ -123,7 +136,21 @@ impl Membership {
             members,
             peers: RwLock::new(peers),
             own_gossip_addr: RwLock::new(None),
+            own_layout: RwLock::new(None),
         })
+    }
+
+    /// Records the layout this node runs, to compare with its peers'.
+    pub fn set_own_layout(&self, version: u64, digest: u64) {
+        *self.own_layout.write() = Some((version, digest));
+    }
+
+    /// True if `seen` runs this node's layout version with another digest.
+    fn mismatched(own: Option<(u64, u64)>, seen: &Observation) -> bool {
+        match (own, seen.layout_version, seen.layout_digest) {
+            (Some((version, digest)), Some(v), Some(d)) => v == version && d != digest,
+            _ => false,
+        }
     }
 
     /// Records the gossip address this node advertises (for [`Self::view`]).
@@ -136,6 +163,7 @@ impl Membership {
     pub(crate) fn observe(&self, observations: Vec<Observation>) -> Vec<(String, SocketAddr)> {
         let now = Instant::now();
         let mut moved = Vec::new();
+        let own_layout = *self.own_layout.read();
         let mut peers = self.peers.write();
         let mut seen_names = Vec::with_capacity(observations.len());
         for obs in observations {
@@ -155,9 +183,28 @@ impl Membership {
             {
                 moved.push((obs.name.clone(), addr));
             }
+            let was = before.is_some_and(|b| Self::mismatched(own_layout, b));
             Self::transition(&obs.name, state, obs.up, obs.generation);
+            if !was && Self::mismatched(own_layout, &obs) {
+                // IMPORTANT: same version, different sets: quorums computed
+                // by the two nodes need not intersect.
+                tracing::error!(
+                    peer = %obs.name,
+                    version = obs.layout_version,
+                    peer_digest = format!("{:016x}", obs.layout_digest.unwrap_or_default()),
+                    own_digest = format!("{:016x}", own_layout.map_or(0, |(_, d)| d)),
+                    "peer runs the same layout version with a different assignment: \
+                     check that every node has the same cluster.nodes and the same ringkv release"
+                );
+            }
             state.seen = Some(obs);
         }
+        let mismatched = peers
+            .values()
+            .filter_map(|p| p.seen.as_ref())
+            .filter(|seen| Self::mismatched(own_layout, seen))
+            .count();
+        metrics::gauge!("ringkv_layout_mismatched_peers").set(mismatched as f64);
         // A peer gossip forgot entirely (garbage-collected) is down.
         for (name, state) in peers.iter_mut() {
             if !seen_names.contains(name) {
@@ -216,9 +263,12 @@ impl Membership {
                     partitions_owned: owned,
                     gossip_addr: None,
                     layout_version: None,
+                    layout_digest: None,
+                    layout_mismatch: false,
                 };
                 if m.name == self.me {
                     view.layout_version = Some(layout.version());
+                    view.layout_digest = Some(format!("{:016x}", layout.digest()));
                     view.gossip_addr = self.own_gossip_addr.read().map(|a| a.to_string());
                 } else if let Some(p) = peers.get(&m.name) {
                     view.up = p.up;
@@ -232,6 +282,9 @@ impl Membership {
                         }
                         view.gossip_addr = Some(seen.gossip_addr.to_string());
                         view.layout_version = seen.layout_version;
+                        view.layout_digest = seen.layout_digest.map(|d| format!("{d:016x}"));
+                        view.layout_mismatch = seen.layout_version == Some(layout.version())
+                            && seen.layout_digest.is_some_and(|d| d != layout.digest());
                     }
                 }
                 view
@@ -241,6 +294,7 @@ impl Membership {
         ClusterView {
             node: self.me.clone(),
             layout_version: layout.version(),
+            layout_digest: format!("{:016x}", layout.digest()),
             partitions: layout.partitions(),
             members,
         }
@@ -271,7 +325,46 @@ mod tests {
             peer_addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             zone: Some("z".into()),
             layout_version: Some(1),
+            layout_digest: None,
         }
+    }
+
+    #[test]
+    fn a_peer_with_the_same_layout_version_and_another_digest_is_flagged() {
+        let members = vec![member("a"), member("b"), member("c")];
+        let m = Membership::new("a".into(), members);
+        let layout =
+            Layout::initial(64, ["a", "b", "c"].into_iter().map(NodeSpec::new).collect()).unwrap();
+        m.set_own_layout(layout.version(), layout.digest());
+        let with = |name: &str, version: u64, digest: u64| Observation {
+            layout_version: Some(version),
+            layout_digest: Some(digest),
+            ..obs(name, true, 1, 2)
+        };
+        m.observe(vec![
+            with("b", 1, layout.digest()),
+            with("c", 1, layout.digest() ^ 1),
+        ]);
+        let view = m.view(&layout);
+        let flags: Vec<bool> = view.members.iter().map(|m| m.layout_mismatch).collect();
+        assert_eq!(flags, [false, false, true]);
+        assert_eq!(
+            view.members[1].layout_digest.as_deref(),
+            Some(view.layout_digest.as_str())
+        );
+        // A newer version elsewhere is a change in progress, not a mismatch.
+        m.observe(vec![with("c", 2, 7)]);
+        assert!(!m.view(&layout).members[2].layout_mismatch);
+    }
+
+    #[test]
+    fn equal_layouts_have_equal_digests_and_different_ones_differ() {
+        let nodes = |names: &[&str]| names.iter().map(|n| NodeSpec::new(*n)).collect();
+        let a = Layout::initial(64, nodes(&["a", "b", "c"])).unwrap();
+        let same = Layout::initial(64, nodes(&["a", "b", "c"])).unwrap();
+        let other = Layout::initial(64, nodes(&["a", "b", "d"])).unwrap();
+        assert_eq!(a.digest(), same.digest());
+        assert_ne!(a.digest(), other.digest());
     }
 
     #[test]

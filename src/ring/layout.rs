@@ -332,6 +332,15 @@ impl Layout {
         usize::try_from(copies).expect("a count")
     }
 
+    /// A fingerprint of the whole assignment (xxh3 of the serialised
+    /// layout): two nodes with the same version and different digests
+    /// disagree about where data lives (different `cluster.nodes`, or
+    /// binaries whose layouts differ), which gossip reports.
+    pub fn digest(&self) -> u64 {
+        let bytes = postcard::to_allocvec(self).expect("a layout always serialises");
+        xxhash_rust::xxh3::xxh3_64(&bytes)
+    }
+
     /// The version number: 1 for the first layout, +1 per change.
     pub fn version(&self) -> u64 {
         self.version

@@ -88,7 +88,10 @@ fn print_table(view: &ClusterView) {
             .last_seen_ms_ago
             .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
         let gossip = m.gossip_addr.as_deref().unwrap_or("-");
-        let layout = m.layout_version.map_or("-".to_string(), |v| v.to_string());
+        let mut layout = m.layout_version.map_or("-".to_string(), |v| v.to_string());
+        if m.layout_mismatch {
+            layout.push('!');
+        }
         println!(
             "{:<16} {:<6} {:<10} {:>10}  {:<22} {gossip:<22} {layout:>6}  {seen}",
             m.name,
@@ -100,6 +103,20 @@ fn print_table(view: &ClusterView) {
             } else {
                 &m.peer_addr
             },
+        );
+    }
+    let mismatched: Vec<&str> = view
+        .members
+        .iter()
+        .filter(|m| m.layout_mismatch)
+        .map(|m| m.name.as_str())
+        .collect();
+    if !mismatched.is_empty() {
+        println!(
+            "WARNING: {} run(s) layout version {} with a different assignment (digest differs, marked !): \
+             nodes disagree about where data lives; give every node the same cluster.nodes and ringkv release",
+            mismatched.join(", "),
+            view.layout_version
         );
     }
 }
