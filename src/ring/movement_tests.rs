@@ -543,3 +543,31 @@ fn grid_run(q: u32, nodes: &[NodeSpec], worst: &mut GridWorst) {
         worst.unavoidable = worst.unavoidable.max(bound);
     }
 }
+
+/// Time and size of a layout at scale (`cargo test --release --lib
+/// ring::movement_tests::claim_at_scale -- --ignored --nocapture`).
+#[test]
+#[ignore = "a measurement: run in release"]
+fn claim_at_scale() {
+    for (q, nodes) in [
+        (1024u32, 64usize),
+        (4096, 256),
+        (65536, 16),
+        (16384, 64),
+        (1024, 1024),
+    ] {
+        let specs = cluster(&vec![1; nodes], 0);
+        let started = std::time::Instant::now();
+        let layout = Layout::initial(q, specs.clone()).expect("valid");
+        let first = started.elapsed();
+        let mut fewer = specs;
+        fewer.remove(nodes / 2);
+        let started = std::time::Instant::now();
+        let next = layout.with_nodes(fewer).expect("valid");
+        println!(
+            "Q {q} nodes {nodes}: initial {first:?}, one leave {:?} (version {})",
+            started.elapsed(),
+            next.version()
+        );
+    }
+}
