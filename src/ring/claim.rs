@@ -150,6 +150,63 @@ struct Network {
     wanted: i64,
 }
 
+/// What every partition's part of the network is built from.
+struct SetShape<'a> {
+    /// Zones each set covers, `min(r, zones)`.
+    covered: usize,
+    /// Members beyond one per zone, `r - covered`.
+    spare: usize,
+    /// Nodes of each zone.
+    members: &'a [Vec<usize>],
+    /// The vertex of each node.
+    node_vertex: &'a [Vertex],
+    source: Vertex,
+}
+
+impl SetShape<'_> {
+    /// Adds partition `p`'s vertices and edges; `held` are its surviving
+    /// members (their edges cost 0).
+    fn partition_edges(&self, graph: &mut Graph, p: usize, held: &[NodeIndex]) -> PartitionEdges {
+        let (zone_count, nodes) = (self.members.len(), self.node_vertex.len());
+        let capacity = |x: usize| i32::try_from(x).unwrap_or(i32::MAX);
+        let up_vertex = graph.vertex();
+        let up = graph.edge(self.source, up_vertex, capacity(self.covered), 0);
+        let down_vertex = (self.spare > 0).then(|| graph.vertex());
+        let down = down_vertex.map(|d| graph.edge(self.source, d, capacity(self.spare), 0));
+        let mut zone_order: Vec<usize> = (0..zone_count).collect();
+        zone_order.sort_by_key(|&z| (scatter(p, nodes + z), z));
+        let mut up_zone = vec![usize::MAX; zone_count];
+        let mut down_zone = vec![usize::MAX; zone_count];
+        let mut to_node = vec![usize::MAX; nodes];
+        for z in zone_order {
+            let mut order = self.members[z].clone();
+            order.sort_by_key(|&n| (scatter(p, n), n));
+            let cost = |n: usize| i64::from(!held.contains(&to_index(n)));
+            if let ([only], None) = (order.as_slice(), down_vertex) {
+                let e = graph.edge(up_vertex, self.node_vertex[*only], 1, cost(*only));
+                up_zone[z] = e;
+                to_node[*only] = e;
+                continue;
+            }
+            let zone_vertex = graph.vertex();
+            up_zone[z] = graph.edge(up_vertex, zone_vertex, 1, 0);
+            if let Some(d) = down_vertex {
+                down_zone[z] = graph.edge(d, zone_vertex, capacity(self.spare), 0);
+            }
+            for n in order {
+                to_node[n] = graph.edge(zone_vertex, self.node_vertex[n], 1, cost(n));
+            }
+        }
+        PartitionEdges {
+            up,
+            down,
+            up_zone,
+            down_zone,
+            to_node,
+        }
+    }
+}
+
 impl Network {
     fn new(input: &ClaimInput<'_>, previous: &[Vec<NodeIndex>], bounds: &[(u32, u32)]) -> Self {
         let (r, zone_count) = (input.replicas, input.zone_count);
@@ -177,46 +234,18 @@ impl Network {
                     .collect()
             })
             .collect();
-        let covered = r.min(zone_count);
-        let spare = r - covered;
-        let mut partitions = Vec::with_capacity(previous.len());
-        for (p, held) in previous.iter().enumerate() {
-            let up_vertex = graph.vertex();
-            let up = graph.edge(source, up_vertex, capacity(covered as i64), 0);
-            let down_vertex = (spare > 0).then(|| graph.vertex());
-            let down = down_vertex.map(|d| graph.edge(source, d, capacity(spare as i64), 0));
-            let mut zone_order: Vec<usize> = (0..zone_count).collect();
-            zone_order.sort_by_key(|&z| (scatter(p, nodes + z), z));
-            let mut up_zone = vec![usize::MAX; zone_count];
-            let mut down_zone = vec![usize::MAX; zone_count];
-            let mut to_node = vec![usize::MAX; nodes];
-            for z in zone_order {
-                let mut order = members[z].clone();
-                order.sort_by_key(|&n| (scatter(p, n), n));
-                let cost = |n: usize| i64::from(!held.contains(&to_index(n)));
-                if let ([only], None) = (order.as_slice(), down_vertex) {
-                    let e = graph.edge(up_vertex, node_vertex[*only], 1, cost(*only));
-                    up_zone[z] = e;
-                    to_node[*only] = e;
-                    continue;
-                }
-                let zone_vertex = graph.vertex();
-                up_zone[z] = graph.edge(up_vertex, zone_vertex, 1, 0);
-                if let Some(d) = down_vertex {
-                    down_zone[z] = graph.edge(d, zone_vertex, capacity(spare as i64), 0);
-                }
-                for n in order {
-                    to_node[n] = graph.edge(zone_vertex, node_vertex[n], 1, cost(n));
-                }
-            }
-            partitions.push(PartitionEdges {
-                up,
-                down,
-                up_zone,
-                down_zone,
-                to_node,
-            });
-        }
+        let shape = SetShape {
+            covered: r.min(zone_count),
+            spare: r - r.min(zone_count),
+            members: &members,
+            node_vertex: &node_vertex,
+            source,
+        };
+        let partitions = previous
+            .iter()
+            .enumerate()
+            .map(|(p, held)| shape.partition_edges(&mut graph, p, held))
+            .collect();
         let mut network = Network {
             graph,
             source,
