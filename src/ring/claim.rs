@@ -57,7 +57,7 @@ pub(super) struct ClaimInput<'a> {
 
 impl ClaimInput<'_> {
     /// Each node's (floor, ceiling) of replicas over `partitions`.
-    fn bounds(&self, partitions: usize) -> Vec<(u32, u32)> {
+    pub(super) fn bounds(&self, partitions: usize) -> Vec<(u32, u32)> {
         replica_bounds(&replica_shares(&Demand {
             partitions: partitions as u64,
             replicas: self.replicas,

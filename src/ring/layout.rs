@@ -516,6 +516,13 @@ fn validate_nodes(mut nodes: Vec<NodeSpec>) -> Result<Vec<NodeSpec>, LayoutError
     Ok(nodes)
 }
 
+/// Each node's (floor, ceiling) of replicas in a layout of `nodes` with `q`
+/// partitions and sets of `spread`: what the claim balances to.
+#[cfg(test)]
+pub(super) fn replica_bounds_of(q: u32, spread: u8, nodes: &[NodeSpec]) -> Vec<(u32, u32)> {
+    with_claim_input(spread, nodes, |input| input.bounds(q as usize))
+}
+
 /// Runs `f` on the claim's view of `nodes` for replica sets of `spread`.
 fn with_claim_input<T>(spread: u8, nodes: &[NodeSpec], f: impl FnOnce(&ClaimInput<'_>) -> T) -> T {
     let (zones, zone_count) = zone_ids(nodes);
@@ -554,7 +561,6 @@ pub(super) fn zone_ids(nodes: &[NodeSpec]) -> (Vec<u32>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::targets::{Demand, replica_bounds, replica_shares};
     use proptest::prelude::*;
 
     fn named(count: usize) -> Vec<NodeSpec> {
@@ -675,17 +681,7 @@ mod tests {
     /// (`targets.rs`), and every partition has `min(spread, nodes)`
     /// distinct nodes.
     fn assert_balanced(layout: &Layout) -> Result<(), TestCaseError> {
-        let (zones, zone_count) = zone_ids(layout.nodes());
-        let capacities: Vec<u32> = layout.nodes().iter().map(|n| n.capacity).collect();
-        let replicas = usize::from(layout.spread()).min(layout.nodes().len());
-        let demand = Demand {
-            partitions: u64::from(layout.partitions()),
-            replicas,
-            capacities: &capacities,
-            zones: &zones,
-            zone_count,
-        };
-        let bounds = replica_bounds(&replica_shares(&demand));
+        let bounds = replica_bounds_of(layout.partitions(), layout.spread(), layout.nodes());
         for (i, &count) in layout.partition_counts().iter().enumerate() {
             let (floor, ceiling) = bounds[i];
             prop_assert!(
@@ -698,7 +694,10 @@ mod tests {
             let mut set = layout.replica_set(p).to_vec();
             set.sort_unstable();
             set.dedup();
-            prop_assert_eq!(set.len(), replicas);
+            prop_assert_eq!(
+                set.len(),
+                replication(layout.spread(), layout.nodes().len())
+            );
         }
         Ok(())
     }

@@ -24,7 +24,6 @@
 use proptest::prelude::*;
 
 use super::layout::zone_ids;
-use super::targets::{Demand, replica_bounds, replica_shares};
 use super::{Layout, NodeSpec, PartitionId};
 
 const N: usize = 3;
@@ -68,16 +67,7 @@ fn bounds(layout: &Layout) -> Vec<(u32, u32)> {
 
 /// Each node's floor and ceiling in a layout of `nodes` with `q` partitions.
 fn bounds_of(q: u32, nodes: &[NodeSpec]) -> Vec<(u32, u32)> {
-    let (zones, zone_count) = zone_ids(nodes);
-    let capacities: Vec<u32> = nodes.iter().map(|n| n.capacity).collect();
-    let demand = Demand {
-        partitions: u64::from(q),
-        replicas: N.min(nodes.len()),
-        capacities: &capacities,
-        zones: &zones,
-        zone_count,
-    };
-    replica_bounds(&replica_shares(&demand))
+    super::layout::replica_bounds_of(q, N as u8, nodes)
 }
 
 fn assert_balanced(layout: &Layout) -> Result<(), TestCaseError> {
