@@ -401,3 +401,55 @@ async fn a_call_over_the_in_flight_limit_waits_for_a_slot() {
     assert_eq!(waiting.await.unwrap(), Ok(Response::Pong));
     server.shutdown().await;
 }
+
+/// A peer that authenticates, then never reads again (a stopped process):
+/// calls with large requests fill the socket, then the write queue, and
+/// every one still ends with `Timeout` near its deadline.
+#[tokio::test]
+async fn calls_to_a_peer_that_stopped_reading_time_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
+    let peer = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (read_half, mut write_half) = stream.into_split();
+        let mut reader = super::super::auth::handshake_reader(read_half);
+        super::super::auth::server_handshake(&mut reader, &mut write_half, "server", SECRET)
+            .await
+            .unwrap();
+        // NOTE: hold both halves, read nothing, until the test ends.
+        let _ = stalled_rx.await;
+        drop((reader, write_half));
+    });
+    let config = PeerConfig {
+        request_timeout: Duration::from_millis(300),
+        write_queue_frames: 1,
+        ..PeerConfig::new("client", SECRET)
+    };
+    let transport = client(addr, config);
+    let big = Request::Write {
+        keyspace: "ks".into(),
+        key: Bytes::from_static(b"k"),
+        record: Bytes::from(vec![7u8; 1 << 20]),
+    };
+    let started = Instant::now();
+    let calls = (0..16).map(|_| transport.call("server", big.clone()));
+    // NOTE: the outer timeout only keeps a hang from blocking the test run.
+    let results = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("every call ends");
+    assert!(
+        results.iter().all(|r| *r == Err(NetError::Timeout)),
+        "{results:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    let _ = stalled_tx.send(());
+    peer.await.unwrap();
+}
