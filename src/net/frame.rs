@@ -15,7 +15,11 @@ use tokio_util::codec::{Encoder, LengthDelimitedCodec};
 use super::{NetError, Request, Response};
 
 /// The version byte in front of every frame; bumped on incompatible change.
-pub const PROTOCOL_VERSION: u8 = 1;
+// NOTE: 2 added `Request::Hint` and `Request::Aae`, and came with the
+// replica-set layout, under which a node of version 1 would place keys
+// elsewhere: refusing its frames (logged at the handshake) is safer than
+// serving with two layouts.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Length of a handshake nonce.
 pub(crate) const NONCE_LEN: usize = 32;
@@ -222,10 +226,13 @@ mod tests {
     #[test]
     fn unknown_version_is_a_codec_error() {
         let body = encode_frame(&Frame::Refused).unwrap();
-        let forged = raw_frame(2, &body[1..]);
-        assert!(
-            matches!(decode_frame(&forged), Err(NetError::Codec(m)) if m.contains("version 2"))
-        );
+        for other in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+            let forged = raw_frame(other, &body[1..]);
+            let wanted = format!("version {other}");
+            assert!(
+                matches!(decode_frame(&forged), Err(NetError::Codec(m)) if m.contains(&wanted))
+            );
+        }
         assert!(matches!(decode_frame(&[]), Err(NetError::Codec(_))));
     }
 
