@@ -453,3 +453,37 @@ async fn calls_to_a_peer_that_stopped_reading_time_out() {
     let _ = stalled_tx.send(());
     peer.await.unwrap();
 }
+
+/// However the connection task ends (here: aborted while the `Conn` that
+/// owns it lives on), the calls waiting on it fail at once instead of
+/// waiting for a sweep that no longer runs.
+#[tokio::test]
+async fn calls_fail_when_their_connection_task_is_aborted() {
+    let handler = Arc::new(TestHandler::default());
+    let server = start(handler.clone()).await;
+    let config = PeerConfig {
+        request_timeout: Duration::from_secs(30),
+        ..PeerConfig::new("client", SECRET)
+    };
+    let transport = client(server.local_addr(), config);
+    assert_eq!(
+        transport.call("server", Request::Ping).await,
+        Ok(Response::Pong)
+    );
+    let waiting = {
+        let transport = transport.clone();
+        tokio::spawn(async move { transport.call("server", read("slow", "k")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let slot = transport.slot("server");
+    slot.current.lock().as_ref().unwrap().task.abort();
+    let result = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("the call ends when its connection task does")
+        .unwrap();
+    assert!(
+        matches!(result, Err(NetError::Unreachable(_))),
+        "{result:?}"
+    );
+    server.shutdown().await;
+}
