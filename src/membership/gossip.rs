@@ -37,6 +37,11 @@ pub const KEY_LAYOUT_VERSION: &str = "layout_version";
 /// the layout the node runs.
 pub const KEY_LAYOUT_DIGEST: &str = "layout_digest";
 
+/// A layout digest as gossiped and shown: 16 hex digits.
+pub fn digest_hex(digest: u64) -> String {
+    format!("{digest:016x}")
+}
+
 /// Phi above which a peer is down. With heartbeats every ~0.2 s this is
 /// ~2 s of silence: under the 5 s bar, above scheduler hiccups on 2 cores.
 pub const PHI_THRESHOLD: f64 = 10.0;
@@ -111,7 +116,7 @@ impl MembershipHandle {
             .with_chitchat(|c| {
                 let state = c.self_node_state();
                 state.set(KEY_LAYOUT_VERSION, version);
-                state.set(KEY_LAYOUT_DIGEST, format!("{digest:016x}"));
+                state.set(KEY_LAYOUT_DIGEST, digest_hex(digest));
             })
             .await;
     }
@@ -181,7 +186,7 @@ pub async fn spawn_gossip(
         ),
         (
             KEY_LAYOUT_DIGEST.to_owned(),
-            format!("{:016x}", config.layout_digest),
+            digest_hex(config.layout_digest),
         ),
     ];
     let chitchat = spawn_chitchat(chitchat_config(&config), initial, transport)

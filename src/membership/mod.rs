@@ -30,7 +30,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 pub use filter::{FilteredGossipTransport, GossipBlocklist};
-pub use gossip::{GossipConfig, MembershipHandle, spawn_gossip};
+pub use gossip::{GossipConfig, MembershipHandle, digest_hex, spawn_gossip};
 
 use crate::config::MemberConfig;
 use crate::ring::Layout;
@@ -191,8 +191,8 @@ impl Membership {
                 tracing::error!(
                     peer = %obs.name,
                     version = obs.layout_version,
-                    peer_digest = format!("{:016x}", obs.layout_digest.unwrap_or_default()),
-                    own_digest = format!("{:016x}", own_layout.map_or(0, |(_, d)| d)),
+                    peer_digest = digest_hex(obs.layout_digest.unwrap_or_default()),
+                    own_digest = digest_hex(own_layout.map_or(0, |(_, d)| d)),
                     "peer runs the same layout version with a different assignment: \
                      check that every node has the same cluster.nodes and the same ringkv release"
                 );
@@ -244,6 +244,9 @@ impl Membership {
 
     /// The cluster as this node sees it, under `layout`.
     pub fn view(&self, layout: &Layout) -> ClusterView {
+        // NOTE: once per view: a digest serialises the whole layout.
+        let digest = layout.digest();
+        let own = Some((layout.version(), digest));
         let counts = layout.owned_counts();
         let peers = self.peers.read();
         let mut members: Vec<MemberView> = self
@@ -268,7 +271,7 @@ impl Membership {
                 };
                 if m.name == self.me {
                     view.layout_version = Some(layout.version());
-                    view.layout_digest = Some(format!("{:016x}", layout.digest()));
+                    view.layout_digest = Some(digest_hex(digest));
                     view.gossip_addr = self.own_gossip_addr.read().map(|a| a.to_string());
                 } else if let Some(p) = peers.get(&m.name) {
                     view.up = p.up;
@@ -282,9 +285,8 @@ impl Membership {
                         }
                         view.gossip_addr = Some(seen.gossip_addr.to_string());
                         view.layout_version = seen.layout_version;
-                        view.layout_digest = seen.layout_digest.map(|d| format!("{d:016x}"));
-                        view.layout_mismatch = seen.layout_version == Some(layout.version())
-                            && seen.layout_digest.is_some_and(|d| d != layout.digest());
+                        view.layout_digest = seen.layout_digest.map(digest_hex);
+                        view.layout_mismatch = Self::mismatched(own, seen);
                     }
                 }
                 view
@@ -294,7 +296,7 @@ impl Membership {
         ClusterView {
             node: self.me.clone(),
             layout_version: layout.version(),
-            layout_digest: format!("{:016x}", layout.digest()),
+            layout_digest: digest_hex(digest),
             partitions: layout.partitions(),
             members,
         }
