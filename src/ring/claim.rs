@@ -39,7 +39,7 @@
 //! prefix (the primaries for a smaller `n`) is balanced and spans as many
 //! zones as it can.
 
-use super::flow::{Edge, Graph, Vertex};
+use super::flow::{Edge, Graph, Vertex, capacity};
 use super::layout::NodeIndex;
 use super::targets::{Demand, replica_bounds, replica_shares};
 
@@ -116,7 +116,7 @@ pub(super) fn scatter(partition: usize, node: usize) -> u64 {
     x ^ (x >> 31)
 }
 
-fn to_index(node: usize) -> NodeIndex {
+pub(super) fn to_index(node: usize) -> NodeIndex {
     NodeIndex::try_from(node).expect("node counts are validated to fit NodeIndex")
 }
 
@@ -168,11 +168,11 @@ impl SetShape<'_> {
     /// members (their edges cost 0).
     fn partition_edges(&self, graph: &mut Graph, p: usize, held: &[NodeIndex]) -> PartitionEdges {
         let (zone_count, nodes) = (self.members.len(), self.node_vertex.len());
-        let capacity = |x: usize| i32::try_from(x).unwrap_or(i32::MAX);
         let up_vertex = graph.vertex();
-        let up = graph.edge(self.source, up_vertex, capacity(self.covered), 0);
+        let up = graph.edge(self.source, up_vertex, capacity(self.covered as i64), 0);
         let down_vertex = (self.spare > 0).then(|| graph.vertex());
-        let down = down_vertex.map(|d| graph.edge(self.source, d, capacity(self.spare), 0));
+        let spare = capacity(self.spare as i64);
+        let down = down_vertex.map(|d| graph.edge(self.source, d, spare, 0));
         let mut zone_order: Vec<usize> = (0..zone_count).collect();
         zone_order.sort_by_key(|&z| (scatter(p, nodes + z), z));
         let mut up_zone = vec![usize::MAX; zone_count];
@@ -191,7 +191,7 @@ impl SetShape<'_> {
             let zone_vertex = graph.vertex();
             up_zone[z] = graph.edge(up_vertex, zone_vertex, 1, 0);
             if let Some(d) = down_vertex {
-                down_zone[z] = graph.edge(d, zone_vertex, capacity(self.spare), 0);
+                down_zone[z] = graph.edge(d, zone_vertex, spare, 0);
             }
             for n in order {
                 to_node[n] = graph.edge(zone_vertex, self.node_vertex[n], 1, cost(n));
@@ -216,7 +216,6 @@ impl Network {
         let (source, sink) = (graph.vertex(), graph.vertex());
         let (floors, extras) = (graph.vertex(), graph.vertex());
         let node_vertex: Vec<Vertex> = (0..nodes).map(|_| graph.vertex()).collect();
-        let capacity = |x: i64| i32::try_from(x.max(0)).unwrap_or(i32::MAX);
         let floor_total: i64 = bounds.iter().map(|&(f, _)| i64::from(f)).sum();
         let floors_out = graph.edge(floors, sink, capacity(floor_total), 0);
         let extras_out = graph.edge(extras, sink, capacity(wanted - floor_total), 0);

@@ -25,6 +25,11 @@ pub(super) type Edge = usize;
 /// Unreached distance.
 const FAR: i64 = i64::MAX / 4;
 
+/// `x` as an edge capacity: 0 below zero, `i32::MAX` above it.
+pub(super) fn capacity(x: i64) -> i32 {
+    i32::try_from(x.max(0)).unwrap_or(i32::MAX)
+}
+
 /// A flow network in adjacency-list form.
 pub(super) struct Graph {
     /// Edges leaving each vertex, in insertion order.

@@ -29,7 +29,8 @@
 //! zones force a node past its share (one node alone in its zone is in
 //! every set, ahead of the spare members).
 
-use super::flow::Graph;
+use super::claim::{scatter, to_index};
+use super::flow::{Graph, capacity};
 use super::layout::NodeIndex;
 
 /// Cost of placing a node once past the floor of its share of a slot
@@ -85,15 +86,14 @@ fn fill_slot(
 ) -> Vec<usize> {
     let slot = ordered.first().map_or(0, Vec::len);
     let q = remaining.len();
-    let capacity = |x: u64| i32::try_from(x).unwrap_or(i32::MAX);
     let mut graph = Graph::new();
     let (source, sink) = (graph.vertex(), graph.vertex());
     let node_vertex: Vec<_> = (0..zones.len()).map(|_| graph.vertex()).collect();
     for (n, &v) in node_vertex.iter().enumerate() {
         let (floor, ceiling) = (left[n] / slots_left, left[n].div_ceil(slots_left));
-        graph.edge(v, sink, capacity(floor), 0);
-        graph.edge(v, sink, capacity(ceiling - floor), EXTRA);
-        graph.edge(v, sink, capacity(q as u64), OVER);
+        graph.edge(v, sink, capacity(floor as i64), 0);
+        graph.edge(v, sink, capacity((ceiling - floor) as i64), EXTRA);
+        graph.edge(v, sink, capacity(q as i64), OVER);
     }
     let mut choices = Vec::with_capacity(q);
     for p in 0..q {
@@ -109,7 +109,7 @@ fn fill_slot(
             .collect();
         // NOTE: a fixed pseudo-random order per partition, so that equal
         // costs do not always favour the lowest node index.
-        candidates.sort_by_key(|&n| (super::claim::scatter(p, n), n));
+        candidates.sort_by_key(|&n| (scatter(p, n), n));
         let was_early = |n: usize| {
             previous[p]
                 .iter()
@@ -137,10 +137,6 @@ fn fill_slot(
                 .expect("a full flow places one member per partition")
         })
         .collect()
-}
-
-fn to_index(node: usize) -> NodeIndex {
-    NodeIndex::try_from(node).expect("node counts are validated to fit NodeIndex")
 }
 
 #[cfg(test)]
