@@ -628,14 +628,17 @@ mod tests {
         assert!(err.to_string().contains("engin"), "{err}");
     }
 
-    #[test]
-    fn cluster_membership_is_checked() {
-        let member = |name: &str, port: u16| MemberConfig {
+    fn member(name: &str, port: u16) -> MemberConfig {
+        MemberConfig {
             name: name.into(),
             peer_addr: SocketAddr::from(([127, 0, 0, 1], port)),
             zone: None,
             capacity: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn cluster_membership_is_checked() {
         let mut c = Config::default();
         c.cluster.nodes = vec![member("node1", 1), member("node2", 2)];
         assert!(
@@ -708,12 +711,7 @@ mod tests {
         let mut c = Config::default();
         c.cluster.secret = Some("0123456789abcdef".into());
         c.cluster.nodes = (0..32u16)
-            .map(|i| MemberConfig {
-                name: format!("node{i}"),
-                peer_addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
-                zone: None,
-                capacity: 1,
-            })
+            .map(|i| member(&format!("node{i}"), 1000 + i))
             .collect();
         c.node.name = "node0".into();
         c.cluster.partitions = 1 << 15;
