@@ -160,6 +160,13 @@ impl LocalStore {
         }
     }
 
+    /// The stored record of `key`, tombstones and expired values included.
+    /// Read without the key's stripe lock, like a local GET: the engine
+    /// returns the record before or after a concurrent write, never a mix.
+    pub fn read_stored(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Record>, StoreError> {
+        self.read_record(&self.locate(ks, key).storage_key)
+    }
+
     pub(crate) fn read_record(&self, storage_key: &[u8]) -> Result<Option<Record>, StoreError> {
         match self.engine.get(storage_key)? {
             Some(raw) => Ok(Some(Record::decode(raw)?)),

@@ -129,6 +129,8 @@ struct Plan {
     primaries: Vec<Arc<str>>,
     fallbacks: Vec<Arc<str>>,
     n: usize,
+    /// This node is one of the primaries.
+    local: bool,
 }
 
 /// A layout and every plan it implies, computed once per layout so the
@@ -141,7 +143,7 @@ struct Routing {
 }
 
 impl Routing {
-    fn new(layout: Layout, keyspaces: &Keyspaces) -> Self {
+    fn new(layout: Layout, keyspaces: &Keyspaces, me: &str) -> Self {
         let plans = keyspaces
             .iter()
             .map(|config| {
@@ -159,8 +161,10 @@ impl Routing {
                                 })
                                 .collect()
                         };
+                        let primaries = names(&list.primaries);
                         Ok(Arc::new(Plan {
-                            primaries: names(&list.primaries),
+                            local: primaries.iter().any(|p| **p == *me),
+                            primaries,
                             fallbacks: names(&list.fallbacks),
                             n,
                         }))
@@ -186,7 +190,7 @@ impl<T: Transport> QuorumStore<T> {
         let keyspaces = Store::keyspaces(&*local).clone();
         let me: Arc<str> = config.node_name.into();
         Self {
-            routing: RwLock::new(Arc::new(Routing::new(layout, &keyspaces))),
+            routing: RwLock::new(Arc::new(Routing::new(layout, &keyspaces, &me))),
             keyspaces,
             replicas: Replicas {
                 handler: Arc::new(ReplicaHandler::new(local.clone())),
@@ -228,7 +232,7 @@ impl<T: Transport> QuorumStore<T> {
 
     /// Installs a newer layout.
     pub fn set_layout(&self, layout: Layout) {
-        let routing = Arc::new(Routing::new(layout, &self.keyspaces));
+        let routing = Arc::new(Routing::new(layout, &self.keyspaces, &self.me));
         *self.routing.write() = routing;
     }
 
@@ -261,7 +265,7 @@ impl<T: Transport> QuorumStore<T> {
 
     fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Arc<Plan>, StoreError> {
         let partition = ring::partition_of(&self.keyspaces.get(ks).name, key, self.partitions);
-        let routing = self.routing.read().clone();
+        let routing = self.routing.read();
         let plans = routing.plans[ks]
             .as_ref()
             .map_err(|e| StoreError::Layout(e.clone()))?;
@@ -514,13 +518,13 @@ impl<T: Transport> QuorumStore<T> {
     async fn quorum_read(
         &self,
         ks: KeyspaceId,
-        key: &Bytes,
+        key: &[u8],
         level: Level,
     ) -> Result<Option<Record>, StoreError> {
         let plan = self.plan(ks, key)?;
         let needed = Self::required(level, plan.n)?;
         if needed == 1
-            && plan.primaries.iter().any(|p| **p == *self.me)
+            && plan.local
             && let Ok(record) = self.local.read_stored(ks, key)
         {
             // NOTE: a read of one replica that this node holds needs no
@@ -533,10 +537,11 @@ impl<T: Transport> QuorumStore<T> {
                     .cloned()
                     .collect();
                 let known = vec![(self.me.clone(), record.clone())];
-                self.repair_in_background(ks, key.clone(), known, others);
+                self.repair_in_background(ks, Bytes::copy_from_slice(key), known, others);
             }
             return Ok(record);
         }
+        let key = &Bytes::copy_from_slice(key);
         let request = Request::Read {
             keyspace: self.keyspaces.get(ks).name.clone(),
             key: key.clone(),
@@ -825,8 +830,7 @@ impl<T: Transport> Store for QuorumStore<T> {
         key: &[u8],
         consistency: Consistency,
     ) -> Result<Option<Entry>, StoreError> {
-        let key = Bytes::copy_from_slice(key);
-        let record = self.quorum_read(ks, &key, consistency.read).await?;
+        let record = self.quorum_read(ks, key, consistency.read).await?;
         Ok(Entry::from_record(record.as_ref(), self.now_ms()))
     }
 

@@ -14,11 +14,6 @@ use crate::net::{Handler, PeerId, Request, Response};
 use crate::version::Record;
 
 impl LocalStore {
-    /// The stored record of `key`, tombstones and expired values included.
-    pub fn read_stored(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Record>, StoreError> {
-        self.with_key_lock(ks, key, |storage_key| self.read_record(storage_key))
-    }
-
     /// Merges `record` into what is stored for `key`. Refuses a record whose
     /// timestamp is too far ahead of this node's clock; otherwise advances
     /// the clock past it, so later local writes order after it.

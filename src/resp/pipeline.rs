@@ -38,26 +38,54 @@ fn access(args: &[Bytes]) -> Option<(&Bytes, Access)> {
     }
 }
 
-/// The keys of a run being built, and how the run touches them.
+/// The commands of a run being built, and how the run touches their keys.
 #[derive(Debug, Default)]
 pub(crate) struct Run {
+    commands: Vec<Vec<Bytes>>,
+    /// The access every command so far shares, while they all share one.
+    only: Option<Access>,
+    /// Each key's access, built once the run mixes reads and writes (a run
+    /// of only reads or only writes cannot conflict, and skips the hashing).
     keys: HashMap<Bytes, Access>,
 }
 
 impl Run {
-    /// Adds `args` to the run if it can join; false if it cannot.
-    pub(crate) fn admit(&mut self, args: &[Bytes]) -> bool {
-        let Some((key, access)) = access(args) else {
-            return false;
+    /// Adds `args` to the run if it can join; gives them back if not.
+    pub(crate) fn admit(&mut self, args: Vec<Bytes>) -> Result<(), Vec<Bytes>> {
+        let Some((key, access)) = access(&args) else {
+            return Err(args);
         };
-        match self.keys.get(key) {
-            Some(existing) if *existing != access => false,
-            Some(_) => true,
-            None => {
-                self.keys.insert(key.clone(), access);
-                true
+        if self.commands.is_empty() {
+            self.only = Some(access);
+        } else if self.only.is_some_and(|only| only != access) {
+            self.only = None;
+            for command in &self.commands {
+                if let Some((key, access)) = self::access(command) {
+                    self.keys.insert(key.clone(), access);
+                }
             }
         }
+        if self.only.is_none() {
+            match self.keys.get(key) {
+                Some(existing) if *existing != access => return Err(args),
+                Some(_) => {}
+                None => {
+                    self.keys.insert(key.clone(), access);
+                }
+            }
+        }
+        self.commands.push(args);
+        Ok(())
+    }
+
+    /// How many commands the run holds.
+    pub(crate) fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// The run's commands, in request order.
+    pub(crate) fn into_commands(self) -> Vec<Vec<Bytes>> {
+        self.commands
     }
 }
 
@@ -75,24 +103,48 @@ mod tests {
     #[test]
     fn reads_and_blind_writes_of_distinct_keys_share_a_run() {
         let mut run = Run::default();
-        assert!(run.admit(&cmd(&["SET", "a", "1"])));
+        assert!(run.admit(cmd(&["SET", "a", "1"])).is_ok());
         assert!(
-            run.admit(&cmd(&["set", "a", "2"])),
+            run.admit(cmd(&["set", "a", "2"])).is_ok(),
             "writes of one key stay ordered by stamp"
         );
-        assert!(run.admit(&cmd(&["GET", "b"])));
-        assert!(run.admit(&cmd(&["KV.GET", "b", "R", "one"])));
-        assert!(run.admit(&cmd(&["KV.PUT", "c", "v", "W", "all"])));
+        assert!(run.admit(cmd(&["GET", "b"])).is_ok());
+        assert!(run.admit(cmd(&["KV.GET", "b", "R", "one"])).is_ok());
+        assert!(run.admit(cmd(&["KV.PUT", "c", "v", "W", "all"])).is_ok());
     }
 
     #[test]
     fn a_read_and_a_write_of_one_key_never_share_a_run() {
         let mut run = Run::default();
-        assert!(run.admit(&cmd(&["SET", "a", "1"])));
-        assert!(!run.admit(&cmd(&["GET", "a"])));
+        assert!(run.admit(cmd(&["SET", "a", "1"])).is_ok());
+        assert!(run.admit(cmd(&["GET", "a"])).is_err());
         let mut run = Run::default();
-        assert!(run.admit(&cmd(&["GET", "a"])));
-        assert!(!run.admit(&cmd(&["KV.PUT", "a", "v"])));
+        assert!(run.admit(cmd(&["GET", "a"])).is_ok());
+        assert!(run.admit(cmd(&["KV.PUT", "a", "v"])).is_err());
+    }
+
+    #[test]
+    fn a_conflict_is_found_when_a_run_of_one_kind_first_mixes() {
+        // NOTE: a run of only reads (or only writes) keeps no key index;
+        // the first command of the other kind must still see every key.
+        let mut run = Run::default();
+        for key in ["a", "b", "c"] {
+            assert!(run.admit(cmd(&["GET", key])).is_ok());
+        }
+        assert!(run.admit(cmd(&["SET", "b", "1"])).is_err());
+        assert!(run.admit(cmd(&["SET", "d", "1"])).is_ok());
+        assert!(run.admit(cmd(&["GET", "d"])).is_err());
+        assert!(run.admit(cmd(&["GET", "c"])).is_ok());
+        assert_eq!(run.len(), 5);
+
+        let mut run = Run::default();
+        for key in ["a", "b"] {
+            assert!(run.admit(cmd(&["SET", key, "1"])).is_ok());
+        }
+        assert!(run.admit(cmd(&["GET", "a"])).is_err());
+        assert!(run.admit(cmd(&["KV.GET", "z"])).is_ok());
+        assert!(run.admit(cmd(&["KV.PUT", "z", "v"])).is_err());
+        assert_eq!(run.into_commands().len(), 3);
     }
 
     #[test]
@@ -107,7 +159,7 @@ mod tests {
             &["GET"],
             &["INCR", "a"],
         ] {
-            assert!(!run.admit(&cmd(words)), "{words:?}");
+            assert!(run.admit(cmd(words)).is_err(), "{words:?}");
         }
     }
 }

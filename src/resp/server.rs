@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -82,7 +83,8 @@ impl CommandMetrics {
         Self { per_cmd, unknown }
     }
 
-    fn record(&self, cmd: Option<Cmd>, started: Option<Instant>, failed: bool) {
+    /// Counts `cmd` and records `took`, its latency, if it was timed.
+    fn record(&self, cmd: Option<Cmd>, took: Option<std::time::Duration>, failed: bool) {
         let Some((calls, errors, latency)) = cmd.and_then(|c| self.per_cmd.get(c as usize)) else {
             self.unknown.increment(1);
             return;
@@ -91,8 +93,8 @@ impl CommandMetrics {
         if failed {
             errors.increment(1);
         }
-        if let Some(started) = started {
-            latency.record(started.elapsed().as_secs_f64());
+        if let Some(took) = took {
+            latency.record(took.as_secs_f64());
         }
     }
 }
@@ -392,38 +394,29 @@ async fn run_batch<S: Store>(
             Ok(None) => return Ok(BatchEnd::NeedInput),
             Err(end) => return Ok(end),
         };
-        let mut run = pipeline::Run::default();
-        if concurrent && session.authenticated && run.admit(&args) {
-            let mut commands = vec![args];
-            let mut end = None;
-            while commands.len() < pipeline::MAX_RUN {
-                match next_command(session, decoder, input, &mut carried, batch.output) {
-                    Ok(Some(next)) if run.admit(&next) => commands.push(next),
-                    Ok(Some(next)) => {
-                        carried = Some(next);
-                        break;
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        end = Some(e);
-                        break;
-                    }
+        let gathered = if concurrent && session.authenticated {
+            gather_run(args, session, decoder, input, &mut carried, batch.output)
+        } else {
+            Err(args)
+        };
+        match gathered {
+            Ok(Gathered { commands, end }) => {
+                if let [only] = commands.as_slice() {
+                    // NOTE: a run of one (every unpipelined request) needs no
+                    // session copy and no boxed future.
+                    run_one(shared, session, only, batch).await;
+                } else {
+                    run_concurrently(shared, session, &commands, batch).await;
+                }
+                if let Some(end) = end {
+                    return Ok(end);
                 }
             }
-            if let [only] = commands.as_slice() {
-                // NOTE: a run of one (every unpipelined request) needs no
-                // session copy and no boxed future.
-                run_one(shared, session, only, batch).await;
-            } else {
-                run_concurrently(shared, session, &commands, batch).await;
-            }
-            if let Some(end) = end {
-                return Ok(end);
-            }
-        } else {
-            run_one(shared, session, &args, batch).await;
-            if session.quit {
-                return Ok(BatchEnd::Close);
+            Err(args) => {
+                run_one(shared, session, &args, batch).await;
+                if session.quit {
+                    return Ok(BatchEnd::Close);
+                }
             }
         }
         if batch.output.len() >= shared.config.max_reply_buffer_bytes {
@@ -431,6 +424,48 @@ async fn run_batch<S: Store>(
             finish_batch(shared, stream, batch.output, wrote).await?;
         }
     }
+}
+
+/// The run that `first` starts: it and the decoded commands after it that
+/// can join (at most [`pipeline::MAX_RUN`]), and how the batch ends if a
+/// protocol error stopped it. Gives `first` back if it cannot start a run.
+fn gather_run(
+    first: Vec<Bytes>,
+    session: &Session,
+    decoder: &mut RequestDecoder,
+    input: &mut BytesMut,
+    carried: &mut Option<Vec<Bytes>>,
+    output: &mut BytesMut,
+) -> Result<Gathered, Vec<Bytes>> {
+    let mut run = pipeline::Run::default();
+    run.admit(first)?;
+    let mut end = None;
+    while run.len() < pipeline::MAX_RUN {
+        match next_command(session, decoder, input, carried, output) {
+            Ok(Some(next)) => {
+                if let Err(refused) = run.admit(next) {
+                    *carried = Some(refused);
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                end = Some(e);
+                break;
+            }
+        }
+    }
+    Ok(Gathered {
+        commands: run.into_commands(),
+        end,
+    })
+}
+
+/// A run gathered by [`gather_run`].
+struct Gathered {
+    commands: Vec<Vec<Bytes>>,
+    /// How the batch ends, if a protocol error cut the run short.
+    end: Option<BatchEnd>,
 }
 
 /// Runs one command and encodes its reply.
@@ -449,7 +484,9 @@ async fn run_one<S: Store>(
     let mut cx = Cx { shared, session };
     let (cmd, reply) = dispatch(&mut cx, args).await;
     let failed = matches!(reply, Frame::Error(_));
-    shared.metrics.record(cmd, started, failed);
+    shared
+        .metrics
+        .record(cmd, started.map(|at| at.elapsed()), failed);
     batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
     reply.encode(session.proto, batch.output);
 }
@@ -457,6 +494,10 @@ async fn run_one<S: Store>(
 /// Runs a [`pipeline::Run`] of independent commands together and encodes
 /// their replies in request order. They only read the session, so each gets
 /// its own copy.
+///
+/// Each command is polled once as it is dispatched: one that needs no
+/// network (a level-one read of a local key) is done then, and only those
+/// still waiting are driven together afterwards.
 async fn run_concurrently<S: Store>(
     shared: &Arc<Shared<S>>,
     session: &mut Session,
@@ -467,28 +508,42 @@ async fn run_concurrently<S: Store>(
     shared
         .total_commands
         .fetch_add(commands.len() as u64, Ordering::Relaxed);
+    let first = session.commands;
     session.commands += commands.len() as u64;
-    let snapshot = session.clone();
-    // NOTE: FuturesOrdered polls only the commands that were woken (join_all
-    // polls every one on each wake-up) and still yields replies in order.
-    let replies: Vec<_> = commands
-        .iter()
-        .map(|args| {
-            let mut own = snapshot.clone();
-            async move {
-                let mut cx = Cx {
-                    shared,
-                    session: &mut own,
-                };
-                dispatch(&mut cx, args).await
+    let snapshot = &*session;
+    let mut replies: Vec<Option<(Option<Cmd>, Frame)>> = Vec::with_capacity(commands.len());
+    // NOTE: FuturesUnordered polls only the commands that were woken
+    // (join_all polls every one on each wake-up).
+    let mut waiting = futures_util::stream::FuturesUnordered::new();
+    for (index, args) in commands.iter().enumerate() {
+        let mut own = snapshot.clone();
+        let mut command = Box::pin(async move {
+            let mut cx = Cx {
+                shared,
+                session: &mut own,
+            };
+            dispatch(&mut cx, args).await
+        });
+        let polled = std::future::poll_fn(|cx| Poll::Ready(command.as_mut().poll(cx))).await;
+        match polled {
+            Poll::Ready(reply) => replies.push(Some(reply)),
+            Poll::Pending => {
+                replies.push(None);
+                waiting.push(async move { (index, command.await) });
             }
-        })
-        .collect::<futures_util::stream::FuturesOrdered<_>>()
-        .collect()
-        .await;
-    for (cmd, reply) in replies {
+        }
+    }
+    while let Some((index, reply)) = waiting.next().await {
+        replies[index] = Some(reply);
+    }
+    let elapsed = started.elapsed();
+    // NOTE: every slot is filled once `waiting` is drained.
+    for (number, (cmd, reply)) in (first + 1..).zip(replies.into_iter().flatten()) {
         let failed = matches!(reply, Frame::Error(_));
-        shared.metrics.record(cmd, Some(started), failed);
+        let sampled = number
+            .is_multiple_of(LATENCY_SAMPLE_EVERY)
+            .then_some(elapsed);
+        shared.metrics.record(cmd, sampled, failed);
         batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
         reply.encode(session.proto, batch.output);
     }

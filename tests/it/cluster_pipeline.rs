@@ -82,6 +82,32 @@ async fn pipelined_commands_keep_their_order_semantics() {
     }
 }
 
+/// Level-one reads of local keys answer at once while reads at `all` wait
+/// on the network; the replies still come back in request order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_keep_request_order_when_some_commands_answer_at_once() {
+    let cluster = TestCluster::start_with_engine(3, "memory");
+    let mut c = cluster.node(0).conn().await;
+    let mut pipe = redis::pipe();
+    for i in 0..40 {
+        pipe.cmd("KV.PUT")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .arg("W")
+            .arg("all")
+            .ignore();
+    }
+    let () = pipe.query_async(&mut c).await.expect("writes");
+    let mut pipe = redis::pipe();
+    for i in 0..40 {
+        let level = if i % 3 == 0 { "all" } else { "one" };
+        pipe.cmd("KV.GET").arg(format!("k{i}")).arg("R").arg(level);
+    }
+    let replies: Vec<String> = pipe.query_async(&mut c).await.expect("reads");
+    let expected: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+    assert_eq!(replies, expected);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_key_commands_fan_out_with_redis_semantics() {
     let cluster = TestCluster::start_with_engine(3, "memory");
