@@ -151,8 +151,13 @@ impl LocalStore {
     }
 
     fn locate(&self, ks: KeyspaceId, key: &[u8]) -> Located {
+        let hash = ring::key_hash(&self.keyspaces.get(ks).name, key);
+        self.locate_hashed(ks, hash, key)
+    }
+
+    /// [`Self::locate`] for a key whose [`ring::key_hash`] is known.
+    fn locate_hashed(&self, ks: KeyspaceId, hash: u64, key: &[u8]) -> Located {
         let name = &self.keyspaces.get(ks).name;
-        let hash = ring::key_hash(name, key);
         let partition = ring::partition_of_hash(hash, self.partitions);
         Located {
             storage_key: Bytes::from(keys::encode(partition, name, key)),
@@ -165,6 +170,16 @@ impl LocalStore {
     /// returns the record before or after a concurrent write, never a mix.
     pub fn read_stored(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Record>, StoreError> {
         self.read_record(&self.locate(ks, key).storage_key)
+    }
+
+    /// [`Self::read_stored`] for a key whose [`ring::key_hash`] is known.
+    pub(crate) fn read_stored_hashed(
+        &self,
+        ks: KeyspaceId,
+        hash: u64,
+        key: &[u8],
+    ) -> Result<Option<Record>, StoreError> {
+        self.read_record(&self.locate_hashed(ks, hash, key).storage_key)
     }
 
     pub(crate) fn read_record(&self, storage_key: &[u8]) -> Result<Option<Record>, StoreError> {

@@ -264,7 +264,12 @@ impl<T: Transport> QuorumStore<T> {
     }
 
     fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Arc<Plan>, StoreError> {
-        let partition = ring::partition_of(&self.keyspaces.get(ks).name, key, self.partitions);
+        self.plan_hashed(ks, ring::key_hash(&self.keyspaces.get(ks).name, key))
+    }
+
+    /// [`Self::plan`] for a key whose [`ring::key_hash`] is `hash`.
+    fn plan_hashed(&self, ks: KeyspaceId, hash: u64) -> Result<Arc<Plan>, StoreError> {
+        let partition = ring::partition_of_hash(hash, self.partitions);
         let routing = self.routing.read();
         let plans = routing.plans[ks]
             .as_ref()
@@ -521,11 +526,12 @@ impl<T: Transport> QuorumStore<T> {
         key: &[u8],
         level: Level,
     ) -> Result<Option<Record>, StoreError> {
-        let plan = self.plan(ks, key)?;
+        let hash = ring::key_hash(&self.keyspaces.get(ks).name, key);
+        let plan = self.plan_hashed(ks, hash)?;
         let needed = Self::required(level, plan.n)?;
         if needed == 1
             && plan.local
-            && let Ok(record) = self.local.read_stored(ks, key)
+            && let Ok(record) = self.local.read_stored_hashed(ks, hash, key)
         {
             // NOTE: a read of one replica that this node holds needs no
             // fan-out: it is most reads at level one, and the hot path there.
