@@ -369,16 +369,19 @@ impl<T: Transport> QuorumStore<T> {
     /// `needed`; a primary gossip reports down is not even tried); otherwise,
     /// or when no fallback takes it, this node keeps the hint, uncounted.
     /// Unfinished calls keep running in the background and hint on failure
-    /// too, so every primary gets the write sooner or later.
+    /// too, so every primary gets the write sooner or later. This node's
+    /// own replica is written in place, made durable by the caller's
+    /// [`Store::commit`] like a local write.
     async fn write_fan_out(
         &self,
         ks: KeyspaceId,
         key: &Bytes,
         plan: &Plan,
-        record: Bytes,
+        decoded: Record,
         needed: usize,
         sloppy: bool,
     ) -> (usize, Vec<ReplicaResult>, bool) {
+        let record = decoded.encode();
         let keyspace = self.keyspaces.get(ks).name.clone();
         let hint_for = |target: &Arc<str>| Request::Hint {
             target: target.to_string(),
@@ -401,8 +404,16 @@ impl<T: Transport> QuorumStore<T> {
         let mut bad = Vec::new();
         let mut unhinted: Vec<Arc<str>> = Vec::new();
         let mut stand_in_calls = 0;
+        let mut good = 0;
         for primary in &plan.primaries {
-            if sloppy && **primary != *self.me && !(self.is_up)(primary) {
+            if **primary == *self.me {
+                // NOTE: a refusal here (clock skew, engine error) is this
+                // node's own: a hint for itself would be refused too.
+                match self.local.merge_stored(ks, key, decoded.clone()) {
+                    Ok(()) => good += 1,
+                    Err(e) => bad.push((primary.clone(), Err(e.to_string()))),
+                }
+            } else if sloppy && **primary != *self.me && !(self.is_up)(primary) {
                 bad.push((primary.clone(), Err("down (gossip)".to_string())));
                 match stand_ins.next() {
                     Some(node) => {
@@ -415,7 +426,6 @@ impl<T: Transport> QuorumStore<T> {
                 calls.push(self.call_write(primary.clone(), None, write.clone()));
             }
         }
-        let mut good = 0;
         while good < needed {
             let Some((node, stand_in_for, result)) = calls.next().await else {
                 break;
@@ -716,7 +726,7 @@ impl<T: Transport> QuorumStore<T> {
         let plan = self.plan(ks, key)?;
         let needed = Self::required(level, plan.n)?;
         let (good, bad, hinted) = self
-            .write_fan_out(ks, key, &plan, record.encode(), needed, sloppy)
+            .write_fan_out(ks, key, &plan, record, needed, sloppy)
             .await;
         if good < needed {
             let mut error = Self::unavailable("write", needed, good, bad, &plan);
@@ -918,8 +928,10 @@ impl<T: Transport> Store for QuorumStore<T> {
     }
 
     async fn commit(&self) -> Result<(), StoreError> {
-        // Replica writes commit before they acknowledge (ReplicaHandler).
-        Ok(())
+        // NOTE: other nodes' replica writes commit before they acknowledge
+        // (ReplicaHandler); this node's are written in place by the fan-out
+        // and committed here, once per batch of requests.
+        self.local.commit().await
     }
 
     fn replication(&self, ks: KeyspaceId) -> u32 {
@@ -1161,6 +1173,87 @@ mod tests {
         write: Level::Quorum,
         sloppy: false,
     };
+
+    /// The memory engine, counting flushes as if it were durable.
+    #[derive(Default)]
+    struct CountingEngine {
+        inner: MemoryEngine,
+        flushes: std::sync::atomic::AtomicUsize,
+    }
+
+    impl crate::storage::Engine for CountingEngine {
+        fn get(&self, key: &[u8]) -> Result<Option<Bytes>, crate::storage::StorageError> {
+            self.inner.get(key)
+        }
+        fn put(&self, key: Bytes, value: Bytes) -> Result<(), crate::storage::StorageError> {
+            self.inner.put(key, value)
+        }
+        fn remove(&self, key: &[u8]) -> Result<(), crate::storage::StorageError> {
+            self.inner.remove(key)
+        }
+        fn scan(
+            &self,
+            start: &[u8],
+            end: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Vec<crate::storage::KeyValue>, crate::storage::StorageError> {
+            self.inner.scan(start, end, limit)
+        }
+        fn flush(
+            &self,
+            _durability: crate::storage::Durability,
+        ) -> Result<(), crate::storage::StorageError> {
+            self.flushes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn kind(&self) -> &'static str {
+            "counting"
+        }
+    }
+
+    #[tokio::test]
+    async fn the_coordinators_own_replica_write_is_flushed_by_commit() {
+        // NOTE: the coordinator writes its own replica in place and relies
+        // on the caller's commit (once per batch) to make it durable.
+        let engine = Arc::new(CountingEngine::default());
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = Arc::new(
+            LocalStore::open(LocalStoreConfig {
+                engine: engine.clone(),
+                hlc: Arc::new(Hlc::new(clock, 60_000)),
+                node: 0,
+                node_name: "n1".into(),
+                partitions: 64,
+                keyspaces: Keyspaces::new(vec![KeyspaceConfig::default()]),
+                fsync: FsyncPolicy::No,
+            })
+            .unwrap(),
+        );
+        let net = TestNet {
+            from: "n1".into(),
+            replicas: Arc::new(HashMap::new()),
+            down: Default::default(),
+            reads: Default::default(),
+        };
+        let layout = Layout::initial(64, vec![NodeSpec::new("n1")]).unwrap();
+        let config = QuorumConfig {
+            node_name: "n1".into(),
+            node_id: 0,
+            partitions: 64,
+        };
+        let coordinator = QuorumStore::new(config, store.clone(), Arc::new(net), layout);
+        let one = levels(Level::One, Level::One);
+        coordinator.write(0, b"k", set(b"v"), one).await.unwrap();
+        let before = engine.flushes.load(std::sync::atomic::Ordering::SeqCst);
+        coordinator.commit().await.unwrap();
+        let after = engine.flushes.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(after > before, "commit flushed the local replica write");
+        assert!(store.read_stored(0, b"k").unwrap().is_some());
+    }
 
     #[tokio::test]
     async fn a_write_for_a_down_primary_is_hinted_and_delivered_when_it_returns() {
