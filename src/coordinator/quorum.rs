@@ -23,8 +23,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 
 use super::ReplicaHandler;
@@ -122,6 +122,10 @@ pub const DEFAULT_REPAIR_EVERY: u64 = 100;
 
 /// One replica's answer, or why there is none.
 type ReplicaResult = (Arc<str>, Result<Response, String>);
+
+/// A write call's node, the primary it stood in for (if it did) and its
+/// answer, or why there is none.
+type WriteResult = (Arc<str>, Option<Arc<str>>, Result<Response, String>);
 
 /// The primaries of a key, the nodes that would stand in for them, and the
 /// replication factor wanted.
@@ -472,17 +476,23 @@ impl<T: Transport> QuorumStore<T> {
         for target in &unhinted {
             keep_hint(target);
         }
+        let settle = move |(node, stand_in_for, result): WriteResult| match (result, stand_in_for) {
+            (Ok(Response::Written), _) => {}
+            // A primary's own refusal would refuse its hint too.
+            (Ok(_), None) => {}
+            (_, stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
+        };
+        // NOTE: answers that came with the last acknowledgement (common in
+        // a pipeline) need no background task.
+        while let Some(Some(answer)) = calls.next().now_or_never() {
+            settle(answer);
+        }
         if calls.is_empty() {
             return (good, bad, hinted);
         }
         let finish = async move {
-            while let Some((node, stand_in_for, result)) = calls.next().await {
-                match (result, stand_in_for) {
-                    (Ok(Response::Written), _) => {}
-                    // A primary's own refusal would refuse its hint too.
-                    (Ok(_), None) => {}
-                    (_, stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
-                }
+            while let Some(answer) = calls.next().await {
+                settle(answer);
             }
         };
         match self.late_writes.clone().try_acquire_owned() {
@@ -510,9 +520,7 @@ impl<T: Transport> QuorumStore<T> {
         node: Arc<str>,
         stand_in_for: Option<Arc<str>>,
         request: Request,
-    ) -> impl std::future::Future<Output = (Arc<str>, Option<Arc<str>>, Result<Response, String>)>
-    + Send
-    + 'static {
+    ) -> impl std::future::Future<Output = WriteResult> + Send + 'static {
         let call = self.call_replica(node, request);
         async move {
             let (node, result) = call.await;
