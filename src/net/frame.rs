@@ -66,8 +66,13 @@ pub(crate) enum Frame {
 
 /// Encodes `frame` as a frame body: version byte, then postcard.
 pub(crate) fn encode_frame(frame: &Frame) -> Result<Bytes, NetError> {
-    let buf = postcard::to_extend(frame, vec![PROTOCOL_VERSION])
+    // NOTE: sized first (a pass that writes nothing), so the body is not
+    // regrown (and copied) from one byte up.
+    let size = postcard::experimental::serialized_size(frame)
         .map_err(|e| NetError::Codec(e.to_string()))?;
+    let mut buf = Vec::with_capacity(size + 1);
+    buf.push(PROTOCOL_VERSION);
+    let buf = postcard::to_extend(frame, buf).map_err(|e| NetError::Codec(e.to_string()))?;
     Ok(Bytes::from(buf))
 }
 
