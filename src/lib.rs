@@ -17,6 +17,7 @@
 //! - [`resp`]: the Redis protocol: codec, frames, commands, server.
 //! - [`http`]: `/health` and `/metrics`.
 //! - [`node`]: wires one node together from a config; start and shutdown.
+//! - [`periodic`]: background work on a fixed period (sweep, hints, fsync).
 //! - [`fault_injection`]: test hooks (off by default) that cut, drop and
 //!   delay a node's links and skew its clock.
 
@@ -31,6 +32,7 @@ pub mod http;
 pub mod membership;
 pub mod net;
 pub mod node;
+pub mod periodic;
 pub mod resp;
 pub mod ring;
 pub mod storage;

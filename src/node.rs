@@ -9,9 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
 use crate::aae::{AaeConfig, AaeHandle, RepairLog, Scheduler, spawn_aae};
 use crate::config::{Config, ConfigError, EngineKind, FsyncPolicy};
 use crate::coordinator::{
@@ -31,6 +28,7 @@ use crate::membership::{
 use crate::net::{
     FaultTable, FaultyTransport, PeerConfig, PeerServerHandle, TcpTransport, bind_peer_server,
 };
+use crate::periodic::Periodic;
 use crate::resp::codec::DecodeLimits;
 use crate::resp::{RespConfig, RespServer, RespServerHandle};
 use crate::ring::{Layout, NodeSpec};
@@ -69,8 +67,7 @@ pub struct Node {
     hints: Option<HintParts>,
     aae: Option<AaeHandle>,
     sweep: SweepHandle,
-    fsync_stop_tx: watch::Sender<bool>,
-    fsync_task: Option<JoinHandle<()>>,
+    fsync_task: Option<Periodic>,
 }
 
 impl std::fmt::Debug for Node {
@@ -179,10 +176,9 @@ impl Node {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
             (resp, None, None, None, single_node_view(&config), None)
         };
-        let (fsync_stop_tx, fsync_stop_rx) = watch::channel(false);
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec).then(|| {
             let hints = hints.as_ref().map(|h| h.hints.clone());
-            tokio::spawn(fsync_every_second(store.clone(), hints, fsync_stop_rx))
+            fsync_every_second(store.clone(), hints)
         });
         let repair_hints = hints.as_ref().map(|h| h.hints.clone());
         let repair_log = aae.as_ref().map(AaeHandle::repair_log);
@@ -224,7 +220,6 @@ impl Node {
             hints,
             aae,
             sweep,
-            fsync_stop_tx,
             fsync_task,
         })
     }
@@ -286,9 +281,8 @@ impl Node {
             }
         }
         self.sweep.shutdown().await;
-        let _ = self.fsync_stop_tx.send(true);
         if let Some(task) = self.fsync_task {
-            let _ = task.await;
+            task.shutdown().await;
         }
         // IMPORTANT: the last step, after no more writes can arrive.
         let store = self.store;
@@ -618,28 +612,19 @@ async fn start_resp<S: Store>(
 
 /// The `everysec` policy: fsync the data (and the hints, in a cluster) once
 /// a second off the request path.
-async fn fsync_every_second(
-    store: Arc<LocalStore>,
-    hints: Option<Arc<Hints>>,
-    mut stop_rx: watch::Receiver<bool>,
-) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop_rx.changed() => return,
+fn fsync_every_second(store: Arc<LocalStore>, hints: Option<Arc<Hints>>) -> Periodic {
+    Periodic::spawn(Duration::from_secs(1), (), move |()| {
+        let (store, hints) = (store.clone(), hints.clone());
+        async move {
+            let synced = tokio::task::spawn_blocking(move || {
+                store.sync_to_disk()?;
+                hints.map_or(Ok(()), |h| h.sync_to_disk())
+            });
+            match synced.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "background fsync failed"),
+                Err(e) => tracing::error!(error = %e, "background fsync task failed"),
+            }
         }
-        let store = store.clone();
-        let hints = hints.clone();
-        let synced = tokio::task::spawn_blocking(move || {
-            store.sync_to_disk()?;
-            hints.map_or(Ok(()), |h| h.sync_to_disk())
-        });
-        match synced.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "background fsync failed"),
-            Err(e) => tracing::error!(error = %e, "background fsync task failed"),
-        }
-    }
+    })
 }

@@ -23,11 +23,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::StoreError;
 use crate::net::{Request, Response, Transport};
+use crate::periodic::Periodic;
 use crate::storage::keys::prefix_end;
 use crate::storage::{Durability, Engine, StorageError};
 use crate::version::Hlc;
@@ -425,18 +424,17 @@ impl Hints {
 /// Most hints delivered to one target per round.
 const HINTS_PER_ROUND: usize = 10_000;
 
-/// Stops the delivery task.
+/// The running hint delivery; dropping it does not stop it,
+/// [`HintDeliveryHandle::shutdown`] does.
 #[derive(Debug)]
 pub struct HintDeliveryHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    worker: Periodic,
 }
 
 impl HintDeliveryHandle {
     /// Stops the task and waits for it.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.worker.shutdown().await;
     }
 }
 
@@ -448,50 +446,52 @@ pub fn spawn_hint_delivery<T: Transport>(
     is_up: Arc<dyn Fn(&str) -> bool + Send + Sync>,
     interval: Duration,
 ) -> HintDeliveryHandle {
-    let (stop, mut stop_rx) = watch::channel(false);
-    let task = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = stop_rx.changed() => return,
+    let worker = Periodic::spawn(interval, (), move |()| {
+        let (hints, transport, is_up) = (hints.clone(), transport.clone(), is_up.clone());
+        async move { delivery_round(&hints, &*transport, &*is_up).await }
+    });
+    HintDeliveryHandle { worker }
+}
+
+/// One round of delivery: drops expired hints, then delivers the queues of
+/// the targets `is_up` says are alive.
+async fn delivery_round<T: Transport>(
+    hints: &Hints,
+    transport: &T,
+    is_up: &(dyn Fn(&str) -> bool + Send + Sync),
+) {
+    if let Err(e) = hints.drop_expired() {
+        tracing::error!(error = %e, "dropping expired hints failed");
+    }
+    for target in hints.targets() {
+        if !is_up(&target) {
+            continue;
+        }
+        match hints.deliver(&target, transport, HINTS_PER_ROUND).await {
+            Ok(report) if report.delivered > 0 => {
+                tracing::info!(
+                    target_node = %target,
+                    delivered = report.delivered,
+                    expired = report.expired,
+                    refused = report.refused,
+                    stopped_by = report.failed.as_deref().unwrap_or(""),
+                    "hinted handoff"
+                );
             }
-            if let Err(e) = hints.drop_expired() {
-                tracing::error!(error = %e, "dropping expired hints failed");
+            Ok(report) => {
+                // NOTE: debug: a target gossip sees up but that does not
+                // answer yet would log this every second.
+                tracing::debug!(
+                    target_node = %target,
+                    failed = report.failed.as_deref().unwrap_or(""),
+                    "no hint delivered this round"
+                );
             }
-            for target in hints.targets() {
-                if !is_up(&target) {
-                    continue;
-                }
-                match hints.deliver(&target, &*transport, HINTS_PER_ROUND).await {
-                    Ok(report) if report.delivered > 0 => {
-                        tracing::info!(
-                            target_node = %target,
-                            delivered = report.delivered,
-                            expired = report.expired,
-                            refused = report.refused,
-                            stopped_by = report.failed.as_deref().unwrap_or(""),
-                            "hinted handoff"
-                        );
-                    }
-                    Ok(report) => {
-                        // NOTE: debug: a target gossip sees up but that does not
-                        // answer yet would log this every second.
-                        tracing::debug!(
-                            target_node = %target,
-                            failed = report.failed.as_deref().unwrap_or(""),
-                            "no hint delivered this round"
-                        );
-                    }
-                    Err(e) => {
-                        tracing::error!(target_node = %target, error = %e, "hint delivery failed")
-                    }
-                }
+            Err(e) => {
+                tracing::error!(target_node = %target, error = %e, "hint delivery failed")
             }
         }
-    });
-    HintDeliveryHandle { stop, task }
+    }
 }
 
 #[cfg(test)]

@@ -11,10 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
 use super::{LocalStore, Store, StoreError};
+use crate::periodic::Periodic;
 use crate::ring::PartitionId;
 use crate::storage::keys;
 use crate::version::{Payload, Record};
@@ -35,8 +33,7 @@ pub struct SweepConfig {
 /// The running sweep; dropping it does not stop it, [`SweepHandle::shutdown`] does.
 #[derive(Debug)]
 pub struct SweepHandle {
-    shutdown_tx: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    worker: Periodic,
     /// Expired values reclaimed so far.
     pub reclaimed: Arc<AtomicU64>,
 }
@@ -44,8 +41,7 @@ pub struct SweepHandle {
 impl SweepHandle {
     /// Stops the sweep and waits for its current batch.
     pub async fn shutdown(self) {
-        let _ = self.shutdown_tx.send(true);
-        let _ = self.task.await;
+        self.worker.shutdown().await;
     }
 }
 
@@ -66,37 +62,29 @@ impl Cursor {
 
 /// Starts the sweep over `store`.
 pub fn spawn_expiry_sweep(store: Arc<LocalStore>, config: SweepConfig) -> SweepHandle {
-    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
     let reclaimed = Arc::new(AtomicU64::new(0));
     let counter = reclaimed.clone();
-    let task = tokio::spawn(async move {
-        let mut cursor = Some(Cursor::at(0));
-        let mut ticker = tokio::time::interval(config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = shutdown_rx.changed() => return,
-            }
-            let (store, cfg, counter) = (store.clone(), config.clone(), counter.clone());
-            let state = cursor.take();
-            let joined = tokio::task::spawn_blocking(move || {
-                let state = state.unwrap_or(Cursor::at(0));
-                sweep_batch(&store, &cfg, state, &counter)
-            })
-            .await;
+    let period = config.interval;
+    let worker = Periodic::spawn(period, Cursor::at(0), move |cursor| {
+        let (store, cfg, counter) = (store.clone(), config.clone(), counter.clone());
+        async move {
+            let joined =
+                tokio::task::spawn_blocking(move || sweep_batch(&store, &cfg, cursor, &counter))
+                    .await;
             match joined {
-                Ok(Ok(next)) => cursor = Some(next),
-                Ok(Err(e)) => tracing::error!(error = %e, "expiry sweep failed; retrying"),
-                Err(e) => tracing::error!(error = %e, "expiry sweep task panicked"),
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "expiry sweep failed; starting over");
+                    Cursor::at(0)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "expiry sweep task panicked; starting over");
+                    Cursor::at(0)
+                }
             }
         }
     });
-    SweepHandle {
-        shutdown_tx,
-        task,
-        reclaimed,
-    }
+    SweepHandle { worker, reclaimed }
 }
 
 /// Examines one batch from `cursor` on and returns where to go on.
