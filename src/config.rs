@@ -67,6 +67,13 @@ pub struct NodeConfig {
     pub http_token: Option<String>,
     /// Threads serving requests; 0 means one per CPU core. Default: 0.
     pub worker_threads: usize,
+    /// Run every thread of the node under Linux's `SCHED_BATCH` policy, so
+    /// a message from a node on the same machine does not preempt this one
+    /// in the middle of a batch (the scheduler's wakeup preemption). For
+    /// nodes that share a machine, as `ringkv dev-cluster` starts them
+    /// (measured on 2 cores, 3 nodes: quorum GET and SET 10-20% faster;
+    /// level one unchanged). Default: false.
+    pub sched_batch: bool,
 }
 
 impl Default for NodeConfig {
@@ -80,6 +87,7 @@ impl Default for NodeConfig {
             requirepass: None,
             http_token: None,
             worker_threads: 0,
+            sched_batch: false,
         }
     }
 }

@@ -101,6 +101,7 @@ async fn dev_cluster_starts_three_nodes_that_serve_each_other_and_stops_them_on_
     let config = std::fs::read_to_string(dir.path().join("node1").join("ringkv.toml"))
         .expect("node1's config");
     assert!(config.contains("worker_threads"), "{config}");
+    assert!(config.contains("sched_batch = true"), "{config}");
 
     let resp = |i: u16| SocketAddr::from(([127, 0, 0, 1], base + i));
     let mut c1 = connect(&client_for(resp(0), "")).await;

@@ -20,4 +20,5 @@ mod http;
 mod limits;
 mod model;
 mod net;
+mod scheduling;
 mod support;

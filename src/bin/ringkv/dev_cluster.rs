@@ -56,6 +56,11 @@ pub struct DevClusterArgs {
     /// by the number of nodes, at least 1: the nodes share this machine].
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Leave the nodes under the default scheduling policy. By default they
+    /// run under SCHED_BATCH (node.sched_batch), so nodes sharing this
+    /// machine do not preempt each other on every message.
+    #[arg(long)]
+    no_sched_batch: bool,
 }
 
 /// Worker threads per node: the cores shared out among the nodes, so N
@@ -119,7 +124,7 @@ fn write_config(
     let data_dir = dir.join("data");
     let mut toml = format!(
         "# Written by `ringkv dev-cluster`; rewritten on every start.\n\
-         [node]\nname = \"{}\"\nresp_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\nworker_threads = {}\n\n\
+         [node]\nname = \"{}\"\nresp_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\npeer_addr = \"127.0.0.1:{}\"\nworker_threads = {}\nsched_batch = {}\n\n\
          [storage]\ndata_dir = {:?}\nengine = \"{}\"\nfsync = \"{}\"\n\n\
          [cluster]\nsecret = \"{secret}\"\n",
         me.name,
@@ -127,6 +132,7 @@ fn write_config(
         me.http,
         me.peer,
         worker_threads(args),
+        !args.no_sched_batch,
         data_dir.display().to_string(),
         args.engine,
         args.fsync

@@ -104,6 +104,11 @@ struct ServerArgs {
     /// Threads serving requests, 0 = one per CPU core [default: 0].
     #[arg(long, env = "RINGKV_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Run the node's threads under SCHED_BATCH (node.sched_batch): for
+    /// nodes sharing a machine, which then stop preempting each other on
+    /// every message.
+    #[arg(long, env = "RINGKV_SCHED_BATCH")]
+    sched_batch: bool,
     /// Tests only: serve POST /v1/debug/faults (debug.fault_injection).
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
@@ -139,6 +144,9 @@ impl ServerArgs {
         }
         if let Some(v) = self.worker_threads {
             node.worker_threads = v;
+        }
+        if self.sched_batch {
+            node.sched_batch = true;
         }
         if self.http_token.is_some() {
             node.http_token = self.http_token;
@@ -206,6 +214,15 @@ async fn run_server(config: Config) -> anyhow::Result<()> {
 
 fn run_server_command(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
+    if config.node.sched_batch {
+        // NOTE: before the runtime starts any thread: threads inherit it.
+        match use_sched_batch() {
+            Ok(()) => tracing::info!("threads run under SCHED_BATCH (node.sched_batch)"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not use SCHED_BATCH; the default scheduling policy stays")
+            }
+        }
+    }
     // NOTE: one worker runs on tokio's current-thread scheduler, which skips
     // the work-stealing machinery, like Redis's single event loop.
     let mut builder = match config.node.worker_threads {
@@ -223,6 +240,30 @@ fn run_server_command(args: ServerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(run_server(config))
+}
+
+/// Puts the calling thread, and every thread it starts from now on, under
+/// `SCHED_BATCH` (no wakeup preemption; no privilege needed).
+#[cfg(target_os = "linux")]
+fn use_sched_batch() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) with an
+    // initialised sched_param that outlives the call; it reads nothing else.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn use_sched_batch() -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "SCHED_BATCH is a Linux scheduling policy",
+    ))
 }
 
 fn main() -> std::process::ExitCode {
