@@ -9,8 +9,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-/// A running periodic task; dropping it does not stop it,
-/// [`Periodic::shutdown`] does.
+/// A running periodic task. [`Periodic::shutdown`] stops it and waits for
+/// its current tick; dropping it stops it too, without waiting.
 #[derive(Debug)]
 pub struct Periodic {
     stop: watch::Sender<bool>,

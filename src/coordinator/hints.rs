@@ -424,8 +424,8 @@ impl Hints {
 /// Most hints delivered to one target per round.
 const HINTS_PER_ROUND: usize = 10_000;
 
-/// The running hint delivery; dropping it does not stop it,
-/// [`HintDeliveryHandle::shutdown`] does.
+/// The running hint delivery; [`HintDeliveryHandle::shutdown`] stops it and
+/// waits for its current round (dropping it stops it without waiting).
 #[derive(Debug)]
 pub struct HintDeliveryHandle {
     worker: Periodic,

@@ -302,6 +302,7 @@ impl<T: Transport> QuorumStore<T> {
     async fn read_fan_out(
         &self,
         ks: KeyspaceId,
+        hash: u64,
         key: &Bytes,
         primaries: &[Arc<str>],
         needed: usize,
@@ -320,9 +321,9 @@ impl<T: Transport> QuorumStore<T> {
         // NOTE: this node's replica is read in place: no task, and no
         // encoding of the record to decode it again.
         if let Some(me) = waiting.next_if(|node| **node == *self.me) {
-            match self.local.read_stored(ks, key) {
+            match self.read_own(ks, hash, key) {
                 Ok(record) => good.push((me, record)),
-                Err(e) => bad.push((me, Err(e.to_string()))),
+                Err(why) => bad.push((me, Err(why))),
             }
         }
         if good.len() >= needed {
@@ -581,7 +582,7 @@ impl<T: Transport> QuorumStore<T> {
         let needed = Self::required(level, plan.n)?;
         if needed == 1
             && plan.local
-            && let Ok(record) = self.local.read_stored_hashed(ks, hash, key)
+            && let Ok(record) = self.read_own(ks, hash, key)
         {
             // NOTE: a read of one replica that this node holds needs no
             // fan-out: it is most reads at level one, and the hot path there.
@@ -598,7 +599,9 @@ impl<T: Transport> QuorumStore<T> {
             return Ok(record);
         }
         let key = &Bytes::copy_from_slice(key);
-        let (good, bad) = self.read_fan_out(ks, key, &plan.primaries, needed).await;
+        let (good, bad) = self
+            .read_fan_out(ks, hash, key, &plan.primaries, needed)
+            .await;
         if good.len() < needed {
             return Err(Self::unavailable("read", needed, good.len(), bad, &plan));
         }
@@ -642,6 +645,24 @@ impl<T: Transport> QuorumStore<T> {
             self.repair_in_background(ks, key.clone(), known, unread);
         }
         Ok(merged)
+    }
+
+    /// This node's replica of `key` (whose [`ring::key_hash`] is `hash`),
+    /// taken as another replica's answer is: refused if it does not decode or
+    /// is too far ahead of the clock (a clock that stepped back), and
+    /// observed by the HLC, so a write decided on it is stamped after it.
+    fn read_own(&self, ks: KeyspaceId, hash: u64, key: &[u8]) -> Result<Option<Record>, String> {
+        let record = self
+            .local
+            .read_stored_hashed(ks, hash, key)
+            .map_err(|e| e.to_string())?;
+        if let Some(record) = &record {
+            self.local
+                .hlc()
+                .observe(record.version.timestamp)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(record)
     }
 
     /// True for the reads (one in `repair_every`) whose unread replicas are
@@ -1445,6 +1466,38 @@ mod tests {
         let err = c.coordinators[0].get(0, b"k", all).await.unwrap_err();
         assert!(err.to_string().contains("n2"), "{err}");
         assert_eq!(c.stored("n3", b"k").unwrap().live_value(0).unwrap(), "v");
+    }
+
+    #[tokio::test]
+    async fn the_coordinators_own_record_from_too_far_in_the_future_does_not_count() {
+        let c = cluster(3);
+        c.coordinators[0]
+            .write(0, b"k", set(b"v"), QUORUM)
+            .await
+            .unwrap();
+        // n1, the coordinator, holds a version ten hours ahead of its clock
+        // (as after its clock stepped back).
+        let partition = ring::partition_of("default", b"k", 64);
+        let storage_key = crate::storage::keys::encode(partition, "default", b"k");
+        let future = Record::value(
+            Version {
+                timestamp: crate::version::Timestamp::from_ms(1_000_000 + 36_000_000),
+                node: 0,
+            },
+            Bytes::from_static(b"from-the-future"),
+            None,
+        );
+        c.stores[0]
+            .engine()
+            .put(storage_key.into(), future.encode())
+            .unwrap();
+        for level in [Level::One, Level::Quorum] {
+            let got = c.coordinators[0].get(0, b"k", levels(level, level)).await;
+            assert_eq!(got.unwrap().unwrap().value, "v", "at {level}");
+        }
+        let all = levels(Level::All, Level::All);
+        let err = c.coordinators[0].get(0, b"k", all).await.unwrap_err();
+        assert!(err.to_string().contains("n1"), "{err}");
     }
 
     #[tokio::test]

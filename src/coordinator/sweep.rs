@@ -30,7 +30,8 @@ pub struct SweepConfig {
     pub partitions: u32,
 }
 
-/// The running sweep; dropping it does not stop it, [`SweepHandle::shutdown`] does.
+/// The running sweep; [`SweepHandle::shutdown`] stops it and waits for its
+/// current batch (dropping it stops it without waiting).
 #[derive(Debug)]
 pub struct SweepHandle {
     worker: Periodic,

@@ -537,8 +537,11 @@ async fn run_concurrently<S: Store>(
         replies[index] = Some(reply);
     }
     let elapsed = started.elapsed();
-    // NOTE: every slot is filled once `waiting` is drained.
-    for (number, (cmd, reply)) in (first + 1..).zip(replies.into_iter().flatten()) {
+    for (number, reply) in (first + 1..).zip(replies) {
+        // NOTE: not data from the network: every slot is filled once
+        // `waiting` is drained, and a reply must never shift onto another
+        // request.
+        let (cmd, reply) = reply.expect("every command of a run has answered");
         let failed = matches!(reply, Frame::Error(_));
         let sampled = number
             .is_multiple_of(LATENCY_SAMPLE_EVERY)

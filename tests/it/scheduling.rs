@@ -1,9 +1,11 @@
 //! `--sched-batch` (node.sched_batch) puts every thread of the server under
 //! SCHED_BATCH; without it the default policy stays.
 
+#[cfg(target_os = "linux")]
 use crate::support::ServerProcess;
 
 /// The scheduling policy of every thread of `pid`, from /proc.
+#[cfg(target_os = "linux")]
 fn thread_policies(pid: u32) -> Vec<u32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list threads");
     tasks
@@ -19,6 +21,7 @@ fn thread_policies(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn sched_batch_covers_every_thread_and_is_off_by_default() {
     const SCHED_OTHER: u32 = 0;

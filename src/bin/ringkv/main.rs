@@ -246,11 +246,15 @@ fn run_server_command(args: ServerArgs) -> anyhow::Result<()> {
 /// `SCHED_BATCH` (no wakeup preemption; no privilege needed).
 #[cfg(target_os = "linux")]
 fn use_sched_batch() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) with an
-    // initialised sched_param that outlives the call; it reads nothing else.
+    // SAFETY: sched_param is plain old data (integers), for which all zeroes
+    // is valid: priority 0, as SCHED_BATCH requires. sched_setscheduler(2)
+    // acts on the calling thread (pid 0) and only reads `param`, which
+    // outlives the call.
     #[allow(unsafe_code)]
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    let rc = unsafe {
+        let param: libc::sched_param = std::mem::zeroed();
+        libc::sched_setscheduler(0, libc::SCHED_BATCH, &param)
+    };
     if rc == 0 {
         Ok(())
     } else {
