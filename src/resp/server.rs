@@ -394,8 +394,18 @@ async fn run_batch<S: Store>(
             Ok(None) => return Ok(BatchEnd::NeedInput),
             Err(end) => return Ok(end),
         };
+        // NOTE: a protocol error that ends a run is answered after the
+        // run's replies, as Redis answers the commands before it first.
+        let mut error_reply = BytesMut::new();
         let gathered = if concurrent && session.authenticated {
-            gather_run(args, session, decoder, input, &mut carried, batch.output)
+            gather_run(
+                args,
+                session,
+                decoder,
+                input,
+                &mut carried,
+                &mut error_reply,
+            )
         } else {
             Err(args)
         };
@@ -408,6 +418,7 @@ async fn run_batch<S: Store>(
                 } else {
                     run_concurrently(shared, session, &commands, batch).await;
                 }
+                batch.output.extend_from_slice(&error_reply);
                 if let Some(end) = end {
                     return Ok(end);
                 }

@@ -3,6 +3,8 @@
 
 use redis::Value;
 
+use crate::support::Reply;
+
 use crate::cluster::TestCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,6 +108,27 @@ async fn replies_keep_request_order_when_some_commands_answer_at_once() {
     let replies: Vec<String> = pipe.query_async(&mut c).await.expect("reads");
     let expected: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
     assert_eq!(replies, expected);
+}
+
+/// A protocol error at the end of a pipeline is answered after the replies
+/// to the commands before it, as Redis does, then the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_error_after_a_pipelined_run_comes_after_its_replies() {
+    let cluster = TestCluster::start_with_engine(3, "memory");
+    let mut raw = crate::support::RawConn::connect(cluster.node(0).resp_addr).await;
+    let mut input = crate::support::encode_command(&[b"SET", b"a", b"1"]);
+    input.extend(crate::support::encode_command(&[b"GET", b"a"]));
+    input.extend(crate::support::encode_command(&[b"GET", b"b"]));
+    input.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$-5\r\n");
+    raw.send(&input).await;
+    assert_eq!(raw.read_reply().await, Reply::Simple("OK".into()));
+    assert_eq!(raw.read_reply().await, Reply::bulk("1"));
+    assert_eq!(raw.read_reply().await, Reply::Bulk(None));
+    assert_eq!(
+        raw.read_reply().await,
+        Reply::Error("ERR Protocol error: invalid bulk length".into())
+    );
+    raw.expect_closed().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
