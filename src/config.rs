@@ -71,8 +71,8 @@ pub struct NodeConfig {
     /// a message from a node on the same machine does not preempt this one
     /// in the middle of a batch (the scheduler's wakeup preemption). For
     /// nodes that share a machine, as `ringkv dev-cluster` starts them
-    /// (measured on 2 cores, 3 nodes: quorum GET and SET 10-20% faster;
-    /// level one unchanged). Default: false.
+    /// (measured on 2 cores, 3 nodes: quorum SET about 10% and GET 2-15%
+    /// faster; level one unchanged; bench/RESULTS.md). Default: false.
     pub sched_batch: bool,
 }
 
