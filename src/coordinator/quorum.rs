@@ -419,7 +419,7 @@ impl<T: Transport> QuorumStore<T> {
                     Ok(()) => good += 1,
                     Err(e) => bad.push((primary.clone(), Err(e.to_string()))),
                 }
-            } else if sloppy && **primary != *self.me && !(self.is_up)(primary) {
+            } else if sloppy && !(self.is_up)(primary) {
                 bad.push((primary.clone(), Err("down (gossip)".to_string())));
                 match stand_ins.next() {
                     Some(node) => {
@@ -484,13 +484,28 @@ impl<T: Transport> QuorumStore<T> {
             (Ok(_), None) => {}
             (_, stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
         };
+        self.finish_late(calls, settle).await;
+        (good, bad, hinted)
+    }
+
+    /// Lets the calls of an acknowledged write that are still out finish,
+    /// handing each answer to `settle`: in place for those already in, in a
+    /// background task for the rest, or before returning when too many
+    /// writes are still reaching their last replicas.
+    async fn finish_late<Call>(
+        &self,
+        mut calls: FuturesUnordered<Call>,
+        settle: impl Fn(WriteResult) + Send + 'static,
+    ) where
+        Call: std::future::Future<Output = WriteResult> + Send + 'static,
+    {
         // NOTE: answers that came with the last acknowledgement (common in
         // a pipeline) need no background task.
         while let Some(Some(answer)) = calls.next().now_or_never() {
             settle(answer);
         }
         if calls.is_empty() {
-            return (good, bad, hinted);
+            return;
         }
         let finish = async move {
             while let Some(answer) = calls.next().await {
@@ -513,7 +528,6 @@ impl<T: Transport> QuorumStore<T> {
                 finish.await;
             }
         }
-        (good, bad, hinted)
     }
 
     /// One write call: to `node`, for itself or standing in for a primary.
