@@ -33,9 +33,12 @@ impl Periodic {
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
+                // NOTE: biased, stop first: after an overrun the next tick is
+                // due at once, and a stop asked during a tick must win.
                 tokio::select! {
-                    _ = ticker.tick() => {}
+                    biased;
                     _ = stop_rx.changed() => return,
+                    _ = ticker.tick() => {}
                 }
                 state = tick(state).await;
             }
@@ -74,5 +77,38 @@ mod tests {
         worker.shutdown().await;
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(ticks.load(Ordering::SeqCst), 3, "no tick after shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_an_overrunning_tick_waits_for_it_and_runs_no_more() {
+        let started = Arc::new(AtomicU32::new(0));
+        let finished = Arc::new(AtomicU32::new(0));
+        let (s, f) = (started.clone(), finished.clone());
+        let worker = Periodic::spawn(Duration::from_secs(1), (), move |()| {
+            let (s, f) = (s.clone(), f.clone());
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1_500)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        // Ticks start at 0 s, 1.5 s and 3 s: each overruns the period, and
+        // the next one follows it instead of bunching.
+        tokio::time::sleep(Duration::from_millis(3_200)).await;
+        assert_eq!(started.load(Ordering::SeqCst), 3);
+        assert_eq!(finished.load(Ordering::SeqCst), 2);
+        let asked = tokio::time::Instant::now();
+        worker.shutdown().await;
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            3,
+            "the tick in progress ended"
+        );
+        assert!(
+            asked.elapsed() >= Duration::from_millis(1_300),
+            "shutdown waited for it"
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(started.load(Ordering::SeqCst), 3, "no tick after shutdown");
     }
 }
