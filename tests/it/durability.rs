@@ -211,3 +211,30 @@ async fn ttls_survive_a_restart() {
     assert_eq!(ok::<i64>(&mut con, &["EXISTS", "short"]).await, 0);
     assert_eq!(ok::<i64>(&mut con, &["TTL", "short"]).await, -2);
 }
+
+/// A cluster coordinator writes its own replica in place and makes it
+/// durable with the batch's commit, before `+OK`: with the other two
+/// replicas down, a write at `W one` lives only there, and must survive
+/// kill -9 of the coordinator under `fsync = always`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_write_acknowledged_by_the_coordinators_own_replica_survives_kill_9() {
+    let mut cluster =
+        crate::cluster::TestCluster::start_with_flags(3, "fjall", &["--fsync", "always"]);
+    cluster.kill(1);
+    cluster.kill(2);
+    let mut con = cluster.node(0).conn().await;
+    for i in 0..50 {
+        let key = format!("own-{i}");
+        let value = format!("v{i}");
+        let reply: String = ok(&mut con, &["KV.PUT", &key, &value, "W", "one"]).await;
+        assert_eq!(reply, "OK");
+    }
+    cluster.kill(0);
+    cluster.restart(0);
+    let mut con = cluster.node(0).conn().await;
+    for i in 0..50 {
+        let key = format!("own-{i}");
+        let got: Option<String> = ok(&mut con, &["KV.GET", &key, "R", "one"]).await;
+        assert_eq!(got, Some(format!("v{i}")), "{key} after kill -9");
+    }
+}
