@@ -106,9 +106,16 @@ struct ServerArgs {
     worker_threads: Option<usize>,
     /// Run the node's threads under SCHED_BATCH (node.sched_batch): for
     /// nodes sharing a machine, which then stop preempting each other on
-    /// every message.
-    #[arg(long, env = "RINGKV_SCHED_BATCH")]
-    sched_batch: bool,
+    /// every message. `--sched-batch=false` turns off what a config file set
+    /// [default: false].
+    #[arg(
+        long,
+        env = "RINGKV_SCHED_BATCH",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    sched_batch: Option<bool>,
     /// Tests only: serve POST /v1/debug/faults (debug.fault_injection).
     #[arg(long, hide = true)]
     enable_fault_injection: bool,
@@ -145,8 +152,8 @@ impl ServerArgs {
         if let Some(v) = self.worker_threads {
             node.worker_threads = v;
         }
-        if self.sched_batch {
-            node.sched_batch = true;
+        if let Some(v) = self.sched_batch {
+            node.sched_batch = v;
         }
         if self.http_token.is_some() {
             node.http_token = self.http_token;
