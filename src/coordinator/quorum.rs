@@ -1223,6 +1223,8 @@ mod tests {
     struct CountingEngine {
         inner: MemoryEngine,
         flushes: std::sync::atomic::AtomicUsize,
+        /// Every flush fails (a full or broken disk).
+        broken: std::sync::atomic::AtomicBool,
     }
 
     impl crate::storage::Engine for CountingEngine {
@@ -1249,6 +1251,9 @@ mod tests {
         ) -> Result<(), crate::storage::StorageError> {
             self.flushes
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::storage::StorageError::Task("disk on fire".into()));
+            }
             Ok(())
         }
         fn size_bytes(&self) -> u64 {
@@ -1259,15 +1264,12 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_coordinators_own_replica_write_is_flushed_by_commit() {
-        // NOTE: the coordinator writes its own replica in place and relies
-        // on the caller's commit (once per batch) to make it durable.
-        let engine = Arc::new(CountingEngine::default());
+    /// A one-node coordinator over `engine`, the only replica of every key.
+    fn lone_coordinator(engine: Arc<CountingEngine>) -> (QuorumStore<TestNet>, Arc<LocalStore>) {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let store = Arc::new(
             LocalStore::open(LocalStoreConfig {
-                engine: engine.clone(),
+                engine,
                 hlc: Arc::new(Hlc::new(clock, 60_000)),
                 node: 0,
                 node_name: "n1".into(),
@@ -1290,6 +1292,15 @@ mod tests {
             partitions: 64,
         };
         let coordinator = QuorumStore::new(config, store.clone(), Arc::new(net), layout);
+        (coordinator, store)
+    }
+
+    #[tokio::test]
+    async fn the_coordinators_own_replica_write_is_flushed_by_commit() {
+        // NOTE: the coordinator writes its own replica in place and relies
+        // on the caller's commit (once per batch) to make it durable.
+        let engine = Arc::new(CountingEngine::default());
+        let (coordinator, store) = lone_coordinator(engine.clone());
         let one = levels(Level::One, Level::One);
         coordinator.write(0, b"k", set(b"v"), one).await.unwrap();
         let before = engine.flushes.load(std::sync::atomic::Ordering::SeqCst);
@@ -1297,6 +1308,46 @@ mod tests {
         let after = engine.flushes.load(std::sync::atomic::Ordering::SeqCst);
         assert!(after > before, "commit flushed the local replica write");
         assert!(store.read_stored(0, b"k").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cluster_write_whose_commit_fails_is_never_acknowledged() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let engine = Arc::new(CountingEngine::default());
+        engine
+            .broken
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let (coordinator, _store) = lone_coordinator(engine);
+        let config = crate::resp::RespConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            requirepass: None,
+            max_key_bytes: 1024,
+            max_value_bytes: 1024,
+            decode_limits: crate::resp::codec::DecodeLimits::default(),
+            max_connections: 10,
+            max_reply_buffer_bytes: 1 << 20,
+            node_name: "n1".into(),
+            fsync: FsyncPolicy::No,
+            engine: "counting",
+        };
+        let server = crate::resp::RespServer::bind(config, Arc::new(coordinator))
+            .await
+            .unwrap();
+        let handle = server.spawn().unwrap();
+        let mut client = tokio::net::TcpStream::connect(handle.local_addr())
+            .await
+            .unwrap();
+        client.write_all(b"KV.PUT k v W one\r\n").await.unwrap();
+        let mut reply = Vec::new();
+        let wait = std::time::Duration::from_secs(10);
+        tokio::time::timeout(wait, client.read_to_end(&mut reply))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("-ERR persistence failure"), "{reply:?}");
+        assert!(!reply.contains("+OK"), "{reply:?}");
+        handle.shutdown().await;
     }
 
     #[tokio::test]
