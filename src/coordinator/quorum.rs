@@ -1106,6 +1106,25 @@ mod tests {
             self.stores[Self::index(name)].read_stored(0, key).unwrap()
         }
 
+        /// Stores on node `i`, behind its skew guard, a version of `key` ten
+        /// hours ahead of the shared clock.
+        fn plant_future_record(&self, i: usize, key: &[u8]) {
+            let partition = ring::partition_of("default", key, 64);
+            let storage_key = crate::storage::keys::encode(partition, "default", key);
+            let future = Record::value(
+                Version {
+                    timestamp: crate::version::Timestamp::from_ms(1_000_000 + 36_000_000),
+                    node: i as NodeId,
+                },
+                Bytes::from_static(b"from-the-future"),
+                None,
+            );
+            self.stores[i]
+                .engine()
+                .put(storage_key.into(), future.encode())
+                .unwrap();
+        }
+
         /// Lets background replica writes and hinting finish.
         async fn settle(&self) {
             for _ in 0..50 {
@@ -1509,20 +1528,7 @@ mod tests {
             .await
             .unwrap();
         // n2 holds a version ten hours ahead (written behind the skew guard).
-        let partition = ring::partition_of("default", b"k", 64);
-        let storage_key = crate::storage::keys::encode(partition, "default", b"k");
-        let future = Record::value(
-            Version {
-                timestamp: crate::version::Timestamp::from_ms(1_000_000 + 36_000_000),
-                node: 1,
-            },
-            Bytes::from_static(b"from-the-future"),
-            None,
-        );
-        c.stores[1]
-            .engine()
-            .put(storage_key.into(), future.encode())
-            .unwrap();
+        c.plant_future_record(1, b"k");
         // n3 is asked instead of the refused n2; nothing from the future is
         // returned or spread by read repair.
         let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
@@ -1542,20 +1548,7 @@ mod tests {
             .unwrap();
         // n1, the coordinator, holds a version ten hours ahead of its clock
         // (as after its clock stepped back).
-        let partition = ring::partition_of("default", b"k", 64);
-        let storage_key = crate::storage::keys::encode(partition, "default", b"k");
-        let future = Record::value(
-            Version {
-                timestamp: crate::version::Timestamp::from_ms(1_000_000 + 36_000_000),
-                node: 0,
-            },
-            Bytes::from_static(b"from-the-future"),
-            None,
-        );
-        c.stores[0]
-            .engine()
-            .put(storage_key.into(), future.encode())
-            .unwrap();
+        c.plant_future_record(0, b"k");
         for level in [Level::One, Level::Quorum] {
             let got = c.coordinators[0].get(0, b"k", levels(level, level)).await;
             assert_eq!(got.unwrap().unwrap().value, "v", "at {level}");
