@@ -293,8 +293,7 @@ impl Store for LocalStore {
         consistency: Consistency,
     ) -> Result<Option<Entry>, StoreError> {
         check_single_replica(consistency.read)?;
-        let located = self.locate(ks, key);
-        let record = self.read_record(&located.storage_key)?;
+        let record = self.read_stored(ks, key)?;
         Ok(Entry::from_record(record.as_ref(), self.hlc.wall_ms()))
     }
 

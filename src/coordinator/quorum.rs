@@ -670,13 +670,7 @@ impl<T: Transport> QuorumStore<T> {
             .local
             .read_stored_hashed(ks, hash, key)
             .map_err(|e| e.to_string())?;
-        if let Some(record) = &record {
-            self.local
-                .hlc()
-                .observe(record.version.timestamp)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(record)
+        observed(self.local.hlc(), record)
     }
 
     /// True for the reads (one in `repair_every`) whose unread replicas are
@@ -888,9 +882,18 @@ fn accept_record(hlc: &Hlc, result: Result<Response, String>) -> Result<Option<R
         return Ok(None);
     };
     let record = Record::decode(raw).map_err(|e| format!("corrupt record: {e}"))?;
-    hlc.observe(record.version.timestamp)
-        .map_err(|e| e.to_string())?;
-    Ok(Some(record))
+    observed(hlc, Some(record))
+}
+
+/// `record`, refused if its version is too far ahead of `hlc`, which
+/// otherwise advances past it: how any replica's record is taken, this
+/// node's own included.
+fn observed(hlc: &Hlc, record: Option<Record>) -> Result<Option<Record>, String> {
+    if let Some(record) = &record {
+        hlc.observe(record.version.timestamp)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(record)
 }
 
 /// True when a command's effect does not depend on the current value, so
