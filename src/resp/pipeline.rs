@@ -42,10 +42,9 @@ fn access(args: &[Bytes]) -> Option<(&Bytes, Access)> {
 #[derive(Debug, Default)]
 pub(crate) struct Run {
     commands: Vec<Vec<Bytes>>,
-    /// The access every command so far shares, while they all share one.
-    only: Option<Access>,
     /// Each key's access, built once the run mixes reads and writes (a run
-    /// of only reads or only writes cannot conflict, and skips the hashing).
+    /// of only reads or only writes cannot conflict, and skips the hashing);
+    /// empty until then.
     keys: HashMap<Bytes, Access>,
 }
 
@@ -55,23 +54,26 @@ impl Run {
         let Some((key, access)) = access(&args) else {
             return Err(args);
         };
-        if self.commands.is_empty() {
-            self.only = Some(access);
-        } else if self.only.is_some_and(|only| only != access) {
-            self.only = None;
-            for command in &self.commands {
-                if let Some((key, access)) = self::access(command) {
-                    self.keys.insert(key.clone(), access);
+        if self.keys.is_empty() {
+            match self.commands.first().and_then(|first| self::access(first)) {
+                Some((_, kind)) if kind != access => {
+                    for command in &self.commands {
+                        if let Some((key, kind)) = self::access(command) {
+                            self.keys.insert(key.clone(), kind);
+                        }
+                    }
+                }
+                _ => {
+                    self.commands.push(args);
+                    return Ok(());
                 }
             }
         }
-        if self.only.is_none() {
-            match self.keys.get(key) {
-                Some(existing) if *existing != access => return Err(args),
-                Some(_) => {}
-                None => {
-                    self.keys.insert(key.clone(), access);
-                }
+        match self.keys.get(key) {
+            Some(existing) if *existing != access => return Err(args),
+            Some(_) => {}
+            None => {
+                self.keys.insert(key.clone(), access);
             }
         }
         self.commands.push(args);
