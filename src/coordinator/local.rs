@@ -234,11 +234,12 @@ impl LocalStore {
         cmd: &WriteCmd,
     ) -> Result<WriteOutcome, StoreError> {
         self.with_key_lock(ks, key, |storage_key| {
-            let now = self.hlc.wall_ms();
+            let now_us = self.hlc.wall_us();
+            let now = now_us / 1000;
             let old = self.read_record(storage_key)?;
             let previous = Entry::from_record(old.as_ref(), now);
             let version = || Version {
-                timestamp: self.hlc.now_at(now),
+                timestamp: self.hlc.now_at(now_us),
                 node: self.node,
             };
             let new = match cmd.evaluate(previous.as_ref(), now) {

@@ -164,10 +164,7 @@ pub(crate) async fn kv_inspect<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> 
                     fields.extend([
                         (s("state"), s(state)),
                         (s("digest"), digest),
-                        (
-                            s("timestamp"),
-                            text(format!("{}.{}", ts.ms(), ts.logical())),
-                        ),
+                        (s("timestamp"), text(ts.to_string())),
                         (s("writer"), Frame::Integer(i64::from(record.version.node))),
                         (
                             s("expiry_ms"),

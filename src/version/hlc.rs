@@ -1,7 +1,17 @@
-//! Hybrid logical clock (48 bits of wall-clock milliseconds, 16 logical bits).
+//! Hybrid logical clock (52 bits of wall-clock microseconds, 12 logical bits).
 //!
 //! Invariant: timestamps handed out by one [`Hlc`] strictly increase, even if
 //! the wall clock steps backwards, and never trail a timestamp it observed.
+//!
+//! NOTE: DESIGN.md section 4 names 48 bits of milliseconds and 16 logical bits.
+//! Two writes through different coordinators within one millisecond could then
+//! be versioned against their real-time order (the later one silently lost),
+//! which issue 3 item 7's checker forbids; microseconds shrink that window to
+//! the clocks' real skew (zero within one machine). 52 bits of microseconds
+//! last until the year 2112; 4096 timestamps per microsecond per node is far
+//! above any write rate, and past it the counter carries into the microsecond
+//! part (the clock runs a little ahead, as an HLC may). See
+//! docs/design/versions.md.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,8 +20,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Source of wall-clock time; the seam that lets tests move time by hand.
 pub trait Clock: Send + Sync + 'static {
+    /// Microseconds since the Unix epoch.
+    fn now_us(&self) -> u64;
+
     /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
+    fn now_ms(&self) -> u64 {
+        self.now_us() / 1000
+    }
 }
 
 /// The operating system's clock.
@@ -19,15 +34,15 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
+    fn now_us(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| d.as_micros() as u64)
             .unwrap_or(0)
     }
 }
 
-/// A clock that moves only when told to (tests).
+/// A clock that moves only when told to (tests), in whole milliseconds.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
 
@@ -49,8 +64,8 @@ impl ManualClock {
 }
 
 impl Clock for ManualClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst).saturating_mul(1000)
     }
 }
 
@@ -83,45 +98,70 @@ impl<C: Clock> OffsetClock<C> {
 }
 
 impl<C: Clock> Clock for OffsetClock<C> {
-    fn now_ms(&self) -> u64 {
-        self.inner
-            .now_ms()
-            .saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))
+    fn now_us(&self) -> u64 {
+        let offset_us = self.offset_ms.load(Ordering::Relaxed).saturating_mul(1000);
+        self.inner.now_us().saturating_add_signed(offset_us)
     }
 }
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
-    fn now_ms(&self) -> u64 {
-        (**self).now_ms()
+    fn now_us(&self) -> u64 {
+        (**self).now_us()
     }
 }
 
-/// A hybrid-logical-clock timestamp: `ms << 16 | logical`.
+/// A hybrid-logical-clock timestamp: `microseconds << 12 | logical`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
-    const LOGICAL_BITS: u32 = 16;
+    const LOGICAL_BITS: u32 = 12;
+    const LOGICAL_MASK: u64 = (1 << Self::LOGICAL_BITS) - 1;
+
+    /// The first timestamp of microsecond `us`.
+    pub fn from_us(us: u64) -> Self {
+        Self(us << Self::LOGICAL_BITS)
+    }
 
     /// The first timestamp of millisecond `ms`.
     pub fn from_ms(ms: u64) -> Self {
-        Self(ms << Self::LOGICAL_BITS)
+        Self::from_us(ms.saturating_mul(1000))
+    }
+
+    /// The timestamp a record of format 1 (48 bits of milliseconds, 16
+    /// logical bits) stood for, in an order-preserving way: the logical
+    /// counter's high bits become microseconds within its millisecond.
+    pub fn from_ms_format(raw: u64) -> Self {
+        let ms = raw >> 16;
+        let logical = raw & 0xffff;
+        // NOTE: millisecond timestamps past the year 2112 (none are real,
+        // only corrupt) saturate instead of wrapping around.
+        let us = ms
+            .saturating_mul(1000)
+            .saturating_add(logical >> Self::LOGICAL_BITS)
+            .min(u64::MAX >> Self::LOGICAL_BITS);
+        Self((us << Self::LOGICAL_BITS) | (logical & Self::LOGICAL_MASK))
+    }
+
+    /// The wall-clock microsecond part.
+    pub fn us(self) -> u64 {
+        self.0 >> Self::LOGICAL_BITS
     }
 
     /// The wall-clock millisecond part.
     pub fn ms(self) -> u64 {
-        self.0 >> Self::LOGICAL_BITS
+        self.us() / 1000
     }
 
     /// The logical counter part.
     pub fn logical(self) -> u16 {
-        (self.0 & 0xffff) as u16
+        (self.0 & Self::LOGICAL_MASK) as u16
     }
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.ms(), self.logical())
+        write!(f, "{}.{}", self.us(), self.logical())
     }
 }
 
@@ -171,15 +211,20 @@ impl Hlc {
         self.clock.now_ms()
     }
 
-    /// A fresh timestamp, greater than every one handed out or observed.
-    pub fn now(&self) -> Timestamp {
-        self.now_at(self.clock.now_ms())
+    /// Wall-clock microseconds of the underlying clock.
+    pub fn wall_us(&self) -> u64 {
+        self.clock.now_us()
     }
 
-    /// Like [`Hlc::now`] with the wall time the caller just read (saves a
-    /// clock read on the write path).
-    pub fn now_at(&self, wall_ms: u64) -> Timestamp {
-        let physical = Timestamp::from_ms(wall_ms).0;
+    /// A fresh timestamp, greater than every one handed out or observed.
+    pub fn now(&self) -> Timestamp {
+        self.now_at(self.clock.now_us())
+    }
+
+    /// Like [`Hlc::now`] with the wall time (microseconds) the caller just
+    /// read (saves a clock read on the write path).
+    pub fn now_at(&self, wall_us: u64) -> Timestamp {
+        let physical = Timestamp::from_us(wall_us).0;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = physical.max(last + 1);
@@ -284,6 +329,51 @@ mod tests {
             "a clock stepped back never reorders timestamps"
         );
         assert_eq!(clock.offset_ms(), -300);
+    }
+
+    /// A clock read in microseconds, set by hand.
+    struct MicrosClock(AtomicU64);
+
+    impl Clock for MicrosClock {
+        fn now_us(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn timestamps_follow_the_wall_clock_to_the_microsecond() {
+        let clock = Arc::new(MicrosClock(AtomicU64::new(10_000_000)));
+        let (first, second) = (Hlc::new(clock.clone(), 1000), Hlc::new(clock.clone(), 1000));
+        // Node one stamps many writes within a microsecond; node two, a
+        // microsecond later and without having seen them, must still order
+        // after all of them (a millisecond clock ordered them by counter).
+        let busy = (0..100).map(|_| first.now()).last().unwrap();
+        clock.0.fetch_add(1, Ordering::SeqCst);
+        let later = second.now();
+        assert!(later > busy, "{later} after {busy}");
+        assert_eq!(later, Timestamp::from_us(10_000_001));
+        assert_eq!((later.ms(), later.us()), (10_000, 10_000_001));
+    }
+
+    #[test]
+    fn the_logical_counter_carries_into_the_microseconds() {
+        let (_, hlc) = hlc(10_000);
+        let stamps: Vec<_> = (0..5000).map(|_| hlc.now()).collect();
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(stamps[4095].logical(), 4095);
+        assert_eq!(stamps[4096], Timestamp::from_us(10_000_001));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn millisecond_format_timestamps_keep_their_order_and_millisecond(
+            a in 0u64..(4_000_000_000_000 << 16),
+            b in 0u64..(4_000_000_000_000 << 16),
+        ) {
+            let (ca, cb) = (Timestamp::from_ms_format(a), Timestamp::from_ms_format(b));
+            proptest::prop_assert_eq!(a.cmp(&b), ca.cmp(&cb));
+            proptest::prop_assert_eq!(ca.ms(), a >> 16);
+        }
     }
 
     #[test]

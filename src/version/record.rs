@@ -1,8 +1,10 @@
 //! The stored record: a last-write-wins register with expiry and tombstones.
 //!
 //! On disk and on the wire a record is
-//! `[format=1][flags][timestamp u64 BE][node u32 BE]([expiry_ms u64 BE])[value...]`;
-//! `flags` bit 0 marks a tombstone, bit 1 says an expiry follows.
+//! `[format=2][flags][timestamp u64 BE][node u32 BE]([expiry_ms u64 BE])[value...]`;
+//! `flags` bit 0 marks a tombstone, bit 1 says an expiry follows. Format 1 is
+//! the same with a millisecond timestamp ([`Timestamp::from_ms_format`]); it
+//! is still read, and rewritten as format 2 by the next write of its key.
 //! Invariant: [`Record::merge`] keeps the record with the greatest
 //! [`Version`], so it is commutative, associative and idempotent.
 
@@ -15,7 +17,10 @@ use super::Timestamp;
 /// Identifies the node that coordinated a write; breaks timestamp ties.
 pub type NodeId = u32;
 
+/// Millisecond timestamps (48 + 16 bits): read, never written.
 const FORMAT_V1: u8 = 1;
+/// Microsecond timestamps (52 + 12 bits, see [`Timestamp`]).
+const FORMAT_V2: u8 = 2;
 const FLAG_TOMBSTONE: u8 = 0b01;
 const FLAG_EXPIRY: u8 = 0b10;
 const HEADER_LEN: usize = 1 + 1 + 8 + 4;
@@ -161,7 +166,7 @@ impl Record {
         if self.expiry_ms.is_some() {
             flags |= FLAG_EXPIRY;
         }
-        out.put_u8(FORMAT_V1);
+        out.put_u8(FORMAT_V2);
         out.put_u8(flags);
         out.put_u64(self.version.timestamp.0);
         out.put_u32(self.version.node);
@@ -181,10 +186,12 @@ impl Record {
         let [format, flags, rest @ ..] = header else {
             return Err(truncated);
         };
-        if *format != FORMAT_V1 {
-            return Err(RecordError::UnknownFormat(*format));
-        }
-        let timestamp = Timestamp(u64::from_be_bytes(array(rest, 0)?));
+        let raw_timestamp = u64::from_be_bytes(array(rest, 0)?);
+        let timestamp = match *format {
+            FORMAT_V2 => Timestamp(raw_timestamp),
+            FORMAT_V1 => Timestamp::from_ms_format(raw_timestamp),
+            other => return Err(RecordError::UnknownFormat(other)),
+        };
         let node = u32::from_be_bytes(array(rest, 8)?);
         let mut at = HEADER_LEN;
         let expiry_ms = if flags & FLAG_EXPIRY != 0 {
@@ -311,6 +318,32 @@ mod tests {
         assert_eq!(decayed.dead_since_ms(0), Some(100));
         let later = Record::value(v(50), Bytes::from_static(b"w"), None);
         assert_eq!(decayed.merge(later.clone()), later);
+    }
+
+    #[test]
+    fn a_millisecond_format_record_reads_with_its_timestamp_converted() {
+        let record = Record::value(
+            Version {
+                timestamp: Timestamp(0),
+                node: 7,
+            },
+            Bytes::from_static(b"v"),
+            Some(5),
+        );
+        let mut raw = record.encode().to_vec();
+        assert_eq!(raw[0], FORMAT_V2);
+        raw[0] = FORMAT_V1;
+        // 1_700_000_000_123 ms, logical 0x1005: 1 us and logical 5 into the ms.
+        let old = (1_700_000_000_123u64 << 16) | 0x1005;
+        raw[2..10].copy_from_slice(&old.to_be_bytes());
+        let read = Record::decode(raw.into()).unwrap();
+        assert_eq!(
+            read.version.timestamp,
+            Timestamp((1_700_000_000_123_001 << 12) | 5)
+        );
+        assert_eq!(read.version.timestamp.ms(), 1_700_000_000_123);
+        assert_eq!((read.version.node, read.expiry_ms), (7, Some(5)));
+        assert_eq!(read.encode()[0], FORMAT_V2, "rewritten in the new format");
     }
 
     #[test]

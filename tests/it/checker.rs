@@ -36,8 +36,9 @@
 //! older than it.
 //!
 //! `slack` covers the one known gap of HLC versions (docs/design/quorum.md):
-//! writes through different coordinators less than a clock tick plus the
-//! clocks' skew apart may be versioned against real time.
+//! writes through different coordinators less than the clocks' skew (plus a
+//! microsecond) apart may be versioned against real time. The nodes of one
+//! machine share its clock, so the slack is zero unless a test skews a clock.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -47,10 +48,10 @@ use redis::aio::MultiplexedConnection;
 
 use crate::support::{client_for, error_text, try_connect};
 
-/// Writes this far apart in real time get HLC versions in real-time order
-/// even from different coordinators: the later one's wall-clock millisecond
-/// is past the earlier one's (one machine, one clock; 2 ms for margin).
-pub(crate) const CLOCK_TICK_SLACK: Duration = Duration::from_millis(2);
+/// Writes that do not overlap in real time get HLC versions in real-time
+/// order even from different coordinators: the later one's wall-clock
+/// microsecond is past the earlier one's (one machine, one clock).
+pub(crate) const SAME_CLOCK_SLACK: Duration = Duration::ZERO;
 /// Operations of the final reads are credited to this "task".
 pub(crate) const FINAL_TASK: usize = usize::MAX;
 

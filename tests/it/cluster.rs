@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ringkv::net::{NetError, PeerConfig, Request, TcpTransport, Transport};
 
-use crate::support::{ServerProcess, WAIT, err, free_ports, http_post, ok};
+use crate::support::{RawConn, Reply, ServerProcess, WAIT, err, free_ports, http_post, ok};
 
 const SECRET: &str = "it-cluster-secret-0123";
 
@@ -175,6 +175,46 @@ async fn a_key_written_through_any_node_reads_back_through_every_node() {
     for name in ["node1", "node2", "node3"] {
         assert!(text.contains(name), "{name} missing from {text}");
     }
+}
+
+/// Back-to-back writes through two coordinators at `W one`: the second
+/// starts only after the first was acknowledged, but its coordinator has not
+/// seen the first yet (the first coordinator's link to it is delayed), so
+/// only the clocks order them. A read at `R all` (`r + w > n`) must return
+/// the second every time. With millisecond HLC timestamps both writes often
+/// got the same millisecond, and the tie went to the first coordinator's
+/// higher node id: the later write was lost on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_acknowledged_before_another_began_is_versioned_before_it() {
+    const ROUNDS: usize = 200;
+    let cluster = TestCluster::start_with_flags(3, "memory", &["--enable-fault-injection"]);
+    cluster
+        .set_faults(1, &serde_json::json!({ "delay_ms": { "node1": 50 } }))
+        .await;
+    let mut first = RawConn::connect(cluster.node(1).resp_addr).await;
+    let mut second = RawConn::connect(cluster.node(0).resp_addr).await;
+    let mut reader = RawConn::connect(cluster.node(2).resp_addr).await;
+    let ok_reply = Reply::Simple("OK".into());
+    let mut lost = Vec::new();
+    for round in 0..ROUNDS {
+        let key = format!("rt-{round}");
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        assert_eq!(first.cmd(&["KV.PUT", &key, &a, "W", "one"]).await, ok_reply);
+        assert_eq!(
+            second.cmd(&["KV.PUT", &key, &b, "W", "one"]).await,
+            ok_reply
+        );
+        let got = reader.cmd(&["KV.GET", &key, "R", "all"]).await;
+        if got != Reply::bulk(&b) {
+            lost.push(format!("{key}: {got:?}"));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} of {ROUNDS} later writes lost to the earlier one: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

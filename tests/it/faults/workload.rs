@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::checker::{
-    CLOCK_TICK_SLACK, Conns, FINAL_TASK, Kind, Op, Outcome, Regime, Rng, acked,
+    Conns, FINAL_TASK, Kind, Op, Outcome, Regime, Rng, SAME_CLOCK_SLACK, acked,
     assert_no_violations, final_reads, key_regimes, live_coordinator, seed, send_bounded, summary,
     wait_for_full_cluster,
 };
@@ -83,7 +83,7 @@ pub(crate) struct Scenario {
     shared: Arc<Shared>,
     clients: Vec<JoinHandle<Vec<Op>>>,
     events: Vec<String>,
-    /// The checker's slack: a clock tick plus the skew between the clocks.
+    /// The checker's slack: the skew between the clocks (zero unless skewed).
     slack: Duration,
     healed: Instant,
     /// Canary keys written during a fault (their value is their name).
@@ -134,7 +134,7 @@ impl Scenario {
             shared,
             clients,
             events: Vec::new(),
-            slack: CLOCK_TICK_SLACK,
+            slack: SAME_CLOCK_SLACK,
             healed: t0,
             canaries: Vec::new(),
             convergence_times: Vec::new(),
@@ -158,7 +158,7 @@ impl Scenario {
 
     /// Widens the checker's slack to cover clocks `skew` apart.
     pub(crate) fn allow_clock_skew(&mut self, skew: Duration) {
-        self.slack = CLOCK_TICK_SLACK + skew;
+        self.slack = SAME_CLOCK_SLACK + skew;
     }
 
     /// Marks now as the time the last fault healed.
