@@ -1,0 +1,228 @@
+//! The write path: send the stamped record to every primary, answer after
+//! `w` merged it (hints for the unreachable), finish the rest in the
+//! background.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+
+use super::{Plan, QuorumStore, ReplicaResult, WriteResult};
+use crate::coordinator::{ExpiryUpdate, KeyspaceId, Level, SetCondition, StoreError, WriteCmd};
+use crate::net::{Request, Response, Transport};
+use crate::version::Record;
+
+impl<T: Transport> QuorumStore<T> {
+    /// Sends the write to every primary at once and returns once `needed`
+    /// acknowledged, or all failed. A primary that fails gets a hint: with
+    /// `sloppy`, a fallback stands in for it (its stored hint counts toward
+    /// `needed`; a primary gossip reports down is not even tried); otherwise,
+    /// or when no fallback takes it, this node keeps the hint, uncounted.
+    /// Unfinished calls keep running in the background and hint on failure
+    /// too, so every primary gets the write sooner or later. This node's
+    /// own replica is written in place, made durable by the caller's
+    /// [`Store::commit`] like a local write.
+    pub(super) async fn write_fan_out(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        plan: &Plan,
+        decoded: Record,
+        needed: usize,
+        sloppy: bool,
+    ) -> (usize, Vec<ReplicaResult>, bool) {
+        let record = decoded.encode();
+        let keyspace = self.keyspaces.get(ks).name.clone();
+        let hint_for = |target: &Arc<str>| Request::Hint {
+            target: target.to_string(),
+            keyspace: keyspace.clone(),
+            key: key.clone(),
+            record: record.clone(),
+        };
+        let write = Request::Write {
+            keyspace: keyspace.clone(),
+            key: key.clone(),
+            record: record.clone(),
+        };
+        // NOTE: lazy: liveness is asked only when a primary fails.
+        let mut stand_ins = plan
+            .fallbacks
+            .iter()
+            .filter(|node| ***node == *self.me || (self.is_up)(node))
+            .cloned();
+        let mut calls = FuturesUnordered::new();
+        let mut bad = Vec::new();
+        let mut unhinted: Vec<Arc<str>> = Vec::new();
+        let mut stand_in_calls = 0;
+        let mut good = 0;
+        for primary in &plan.primaries {
+            if **primary == *self.me {
+                // NOTE: a refusal here (clock skew, engine error) is this
+                // node's own: a hint for itself would be refused too.
+                match self.local.merge_stored(ks, key, decoded.clone()) {
+                    Ok(()) => good += 1,
+                    Err(e) => bad.push((primary.clone(), Err(e.to_string()))),
+                }
+            } else if sloppy && !(self.is_up)(primary) {
+                bad.push((primary.clone(), Err("down (gossip)".to_string())));
+                match stand_ins.next() {
+                    Some(node) => {
+                        stand_in_calls += 1;
+                        calls.push(self.call_write(node, Some(primary.clone()), hint_for(primary)));
+                    }
+                    None => unhinted.push(primary.clone()),
+                }
+            } else {
+                calls.push(self.call_write(primary.clone(), None, write.clone()));
+            }
+        }
+        while good < needed {
+            let Some((node, stand_in_for, result)) = calls.next().await else {
+                break;
+            };
+            let (why, refused) = match result {
+                Ok(Response::Written) => {
+                    good += 1;
+                    continue;
+                }
+                Err(why) => (why, false),
+                Ok(Response::Error(why)) => (why, true),
+                Ok(other) => (format!("unexpected answer {other:?}"), true),
+            };
+            bad.push((node.clone(), Err(why)));
+            if refused && stand_in_for.is_none() {
+                // NOTE: the primary itself answered and refused the write
+                // (clock skew, unknown keyspace): a hint would be refused too.
+                continue;
+            }
+            let target = stand_in_for.unwrap_or(node);
+            match if sloppy { stand_ins.next() } else { None } {
+                Some(next) => {
+                    stand_in_calls += 1;
+                    let request = hint_for(&target);
+                    calls.push(self.call_write(next, Some(target), request));
+                }
+                None => unhinted.push(target),
+            }
+        }
+        // NOTE: a kept or stood-in hint will reach its primary later, so a
+        // failed write may still be applied.
+        let hinted = !unhinted.is_empty() || stand_in_calls > 0;
+        let hints = self.hints.clone();
+        let me = self.me.clone();
+        let hint_key = key.clone();
+        let keep_hint = move |target: &Arc<str>| {
+            if let Some(hints) = &hints
+                && *target != me
+                && let Err(e) = hints.add(target, &keyspace, &hint_key, record.clone())
+            {
+                tracing::error!(target_node = %target, error = %e, "could not keep a hint");
+            }
+        };
+        for target in &unhinted {
+            keep_hint(target);
+        }
+        let settle = move |(node, stand_in_for, result): WriteResult| match (result, stand_in_for) {
+            (Ok(Response::Written), _) => {}
+            // A primary's own refusal would refuse its hint too.
+            (Ok(_), None) => {}
+            (_, stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
+        };
+        self.finish_late(calls, settle).await;
+        (good, bad, hinted)
+    }
+
+    /// Lets the calls of an acknowledged write that are still out finish,
+    /// handing each answer to `settle`: in place for those already in, in a
+    /// background task for the rest, or before returning when too many
+    /// writes are still reaching their last replicas.
+    pub(super) async fn finish_late<Call>(
+        &self,
+        mut calls: FuturesUnordered<Call>,
+        settle: impl Fn(WriteResult) + Send + 'static,
+    ) where
+        Call: std::future::Future<Output = WriteResult> + Send + 'static,
+    {
+        // NOTE: answers that came with the last acknowledgement (common in
+        // a pipeline) need no background task.
+        while let Some(Some(answer)) = calls.next().now_or_never() {
+            settle(answer);
+        }
+        if calls.is_empty() {
+            return;
+        }
+        let finish = async move {
+            while let Some(answer) = calls.next().await {
+                settle(answer);
+            }
+        };
+        match self.late_writes.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    finish.await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                // NOTE: too many writes are still reaching their last
+                // replicas: finish this one before answering, so an
+                // overloaded cluster slows its clients down instead of
+                // piling up (or dropping) replica writes.
+                metrics::counter!("ringkv_late_writes_waited_total").increment(1);
+                finish.await;
+            }
+        }
+    }
+
+    /// One write call: to `node`, for itself or standing in for a primary.
+    pub(super) fn call_write(
+        &self,
+        node: Arc<str>,
+        stand_in_for: Option<Arc<str>>,
+        request: Request,
+    ) -> impl std::future::Future<Output = WriteResult> + Send + 'static {
+        let call = self.call_replica(node, request);
+        async move {
+            let (node, result) = call.await;
+            (node, stand_in_for, result)
+        }
+    }
+
+    /// Writes `record` to the primaries of `key` at `level`.
+    pub(super) async fn quorum_write(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        record: Record,
+        level: Level,
+        sloppy: bool,
+    ) -> Result<(), StoreError> {
+        let plan = self.plan(ks, key)?;
+        let needed = Self::required(level, plan.n)?;
+        let (good, bad, hinted) = self
+            .write_fan_out(ks, key, &plan, record, needed, sloppy)
+            .await;
+        if good < needed {
+            let mut error = Self::unavailable("write", needed, good, bad, &plan);
+            if let StoreError::Unavailable(q) = &mut error {
+                q.may_have_applied |= hinted;
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+}
+
+/// True when a command's effect does not depend on the current value, so
+/// the coordinator can skip the read.
+pub(super) fn is_blind(cmd: &WriteCmd) -> bool {
+    matches!(
+        cmd,
+        WriteCmd::Set {
+            condition: SetCondition::Always,
+            expiry: ExpiryUpdate::Clear | ExpiryUpdate::At(_),
+            ..
+        }
+    )
+}
