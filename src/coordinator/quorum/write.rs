@@ -32,18 +32,10 @@ impl<T: Transport> QuorumStore<T> {
         needed: usize,
         sloppy: bool,
     ) -> (usize, Vec<ReplicaResult>, bool) {
-        let record = decoded.encode();
-        let keyspace = self.keyspaces.get(ks).name.clone();
-        let hint_for = |target: &Arc<str>| Request::Hint {
-            target: target.to_string(),
-            keyspace: keyspace.clone(),
+        let requests = Requests {
+            keyspace: self.keyspaces.get(ks).name.clone(),
             key: key.clone(),
-            record: record.clone(),
-        };
-        let write = Request::Write {
-            keyspace: keyspace.clone(),
-            key: key.clone(),
-            record: record.clone(),
+            record: decoded.encode(),
         };
         // NOTE: lazy: liveness is asked only when a primary fails.
         let mut stand_ins = plan
@@ -56,6 +48,20 @@ impl<T: Transport> QuorumStore<T> {
         let mut unhinted: Vec<Arc<str>> = Vec::new();
         let mut stand_in_calls = 0;
         let mut good = 0;
+        // A hint of the write for `target` goes to the next stand-in (sloppy
+        // writes), or stays with this node.
+        let mut hand_over = |target: Arc<str>, calls: &mut FuturesUnordered<_>| match if sloppy {
+            stand_ins.next()
+        } else {
+            None
+        } {
+            Some(next) => {
+                stand_in_calls += 1;
+                let request = requests.hint_for(&target);
+                calls.push(self.call_write(next, Some(target), request));
+            }
+            None => unhinted.push(target),
+        };
         for primary in &plan.primaries {
             if **primary == *self.me {
                 // NOTE: a refusal here (clock skew, engine error) is this
@@ -66,29 +72,18 @@ impl<T: Transport> QuorumStore<T> {
                 }
             } else if sloppy && !(self.is_up)(primary) {
                 bad.push((primary.clone(), Err("down (gossip)".to_string())));
-                match stand_ins.next() {
-                    Some(node) => {
-                        stand_in_calls += 1;
-                        calls.push(self.call_write(node, Some(primary.clone()), hint_for(primary)));
-                    }
-                    None => unhinted.push(primary.clone()),
-                }
+                hand_over(primary.clone(), &mut calls);
             } else {
-                calls.push(self.call_write(primary.clone(), None, write.clone()));
+                calls.push(self.call_write(primary.clone(), None, requests.write()));
             }
         }
         while good < needed {
             let Some((node, stand_in_for, result)) = calls.next().await else {
                 break;
             };
-            let (why, refused) = match result {
-                Ok(Response::Written) => {
-                    good += 1;
-                    continue;
-                }
-                Err(why) => (why, false),
-                Ok(Response::Error(why)) => (why, true),
-                Ok(other) => (format!("unexpected answer {other:?}"), true),
+            let Err((why, refused)) = written(result) else {
+                good += 1;
+                continue;
             };
             bad.push((node.clone(), Err(why)));
             if refused && stand_in_for.is_none() {
@@ -96,41 +91,53 @@ impl<T: Transport> QuorumStore<T> {
                 // (clock skew, unknown keyspace): a hint would be refused too.
                 continue;
             }
-            let target = stand_in_for.unwrap_or(node);
-            match if sloppy { stand_ins.next() } else { None } {
-                Some(next) => {
-                    stand_in_calls += 1;
-                    let request = hint_for(&target);
-                    calls.push(self.call_write(next, Some(target), request));
-                }
-                None => unhinted.push(target),
-            }
+            hand_over(stand_in_for.unwrap_or(node), &mut calls);
         }
         // NOTE: a kept or stood-in hint will reach its primary later, so a
         // failed write may still be applied.
         let hinted = !unhinted.is_empty() || stand_in_calls > 0;
+        self.hint_the_rest(requests, &unhinted, calls).await;
+        (good, bad, hinted)
+    }
+
+    /// Keeps a hint for each primary in `unhinted` (no call carries the
+    /// write to it) and, as the `calls` still out finish, for each that
+    /// failed without refusing (a primary's own refusal would refuse its hint
+    /// too), then lets them finish ([`QuorumStore::finish_late`]).
+    async fn hint_the_rest<Call>(
+        &self,
+        requests: Requests,
+        unhinted: &[Arc<str>],
+        calls: FuturesUnordered<Call>,
+    ) where
+        Call: std::future::Future<Output = WriteResult> + Send + 'static,
+    {
         let hints = self.hints.clone();
         let me = self.me.clone();
-        let hint_key = key.clone();
         let keep_hint = move |target: &Arc<str>| {
             if let Some(hints) = &hints
                 && *target != me
-                && let Err(e) = hints.add(target, &keyspace, &hint_key, record.clone())
+                && let Err(e) = hints.add(
+                    target,
+                    &requests.keyspace,
+                    &requests.key,
+                    requests.record.clone(),
+                )
             {
                 tracing::error!(target_node = %target, error = %e, "could not keep a hint");
             }
         };
-        for target in &unhinted {
+        for target in unhinted {
             keep_hint(target);
         }
-        let settle = move |(node, stand_in_for, result): WriteResult| match (result, stand_in_for) {
-            (Ok(Response::Written), _) => {}
-            // A primary's own refusal would refuse its hint too.
-            (Ok(_), None) => {}
-            (_, stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
+        let settle = move |(node, stand_in_for, result): WriteResult| match (
+            written(result),
+            stand_in_for,
+        ) {
+            (Ok(()), _) | (Err((_, true)), None) => {}
+            (Err(_), stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
         };
         self.finish_late(calls, settle).await;
-        (good, bad, hinted)
     }
 
     /// Lets the calls of an acknowledged write that are still out finish,
@@ -225,4 +232,44 @@ pub(super) fn is_blind(cmd: &WriteCmd) -> bool {
             ..
         }
     )
+}
+
+/// A replica's answer to a write call: `Ok` when it wrote the record (or
+/// stored the hint), else why not and whether the replica answered and
+/// refused (`true`) rather than could not be reached (`false`).
+fn written(result: Result<Response, String>) -> Result<(), (String, bool)> {
+    match result {
+        Ok(Response::Written) => Ok(()),
+        Err(why) => Err((why, false)),
+        Ok(Response::Error(why)) => Err((why, true)),
+        Ok(other) => Err((format!("unexpected answer {other:?}"), true)),
+    }
+}
+
+/// The requests of one write: to a primary, or a hint of it to a stand-in.
+struct Requests {
+    keyspace: String,
+    key: Bytes,
+    record: Bytes,
+}
+
+impl Requests {
+    /// The write itself, for a primary.
+    fn write(&self) -> Request {
+        Request::Write {
+            keyspace: self.keyspace.clone(),
+            key: self.key.clone(),
+            record: self.record.clone(),
+        }
+    }
+
+    /// A hint of the write for `target`, to a stand-in.
+    fn hint_for(&self, target: &Arc<str>) -> Request {
+        Request::Hint {
+            target: target.to_string(),
+            keyspace: self.keyspace.clone(),
+            key: self.key.clone(),
+            record: self.record.clone(),
+        }
+    }
 }
