@@ -174,7 +174,8 @@ impl Node {
             )
         } else {
             let resp = start_resp(&config, engine_kind, store.clone()).await?;
-            (resp, None, None, None, single_node_view(&config), None)
+            let view = single_node_view(&config, resp.local_addr());
+            (resp, None, None, None, view, None)
         };
         let fsync_task = (config.storage.fsync == FsyncPolicy::Everysec).then(|| {
             let hints = hints.as_ref().map(|h| h.hints.clone());
@@ -211,6 +212,14 @@ impl Node {
                 addr: config.node.http_addr,
                 source,
             })?;
+        if let Some(membership) = &membership {
+            membership
+                .publish_client_addrs(
+                    advertised(&config, resp.local_addr()),
+                    advertised(&config, http.local_addr()),
+                )
+                .await;
+        }
         Ok(Node {
             store,
             resp,
@@ -370,7 +379,7 @@ struct HintParts {
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 
 /// A node alone: it owns every partition and is up.
-fn single_node_view(config: &Config) -> ViewFn {
+fn single_node_view(config: &Config, resp_addr: SocketAddr) -> ViewFn {
     let view = ClusterView {
         node: config.node.name.clone(),
         layout_version: 1,
@@ -384,6 +393,10 @@ fn single_node_view(config: &Config) -> ViewFn {
             last_seen_ms_ago: Some(0),
             partitions_owned: config.cluster.partitions,
             gossip_addr: None,
+            resp_addr: Some(resp_addr.to_string()),
+            // NOTE: the HTTP listener is bound after this view is made.
+            http_addr: (config.node.http_addr.port() != 0)
+                .then(|| config.node.http_addr.to_string()),
             layout_version: Some(1),
             layout_digest: None,
             layout_mismatch: false,
@@ -540,6 +553,22 @@ async fn start_cluster(
     })
 }
 
+/// `addr` as peers and clients should use it: an unspecified listen IP
+/// (`0.0.0.0`) becomes the IP of this node's `cluster.nodes` entry.
+fn advertised(config: &Config, mut addr: SocketAddr) -> SocketAddr {
+    let me = config
+        .cluster
+        .nodes
+        .iter()
+        .find(|m| m.name == config.node.name);
+    if addr.ip().is_unspecified()
+        && let Some(me) = me
+    {
+        addr.set_ip(me.peer_addr.ip());
+    }
+    addr
+}
+
 /// What this node gossips. An unspecified listen IP (`0.0.0.0`) is
 /// advertised as the IP of this node's `cluster.nodes` entry.
 fn gossip_config(
@@ -553,14 +582,7 @@ fn gossip_config(
         .nodes
         .iter()
         .find(|m| m.name == config.node.name);
-    let advertise = |mut addr: SocketAddr| {
-        if addr.ip().is_unspecified()
-            && let Some(me) = me
-        {
-            addr.set_ip(me.peer_addr.ip());
-        }
-        addr
-    };
+    let advertise = |addr| advertised(config, addr);
     let listen_addr = config.gossip_addr();
     GossipConfig {
         node_name: config.node.name.clone(),

@@ -31,6 +31,10 @@ use super::{Membership, Observation};
 pub const KEY_PEER_ADDR: &str = "peer_addr";
 /// Chitchat key of the node's zone (empty: none).
 pub const KEY_ZONE: &str = "zone";
+/// Chitchat key of the node's Redis-protocol (client) address.
+pub const KEY_RESP_ADDR: &str = "resp_addr";
+/// Chitchat key of the node's HTTP (admin, metrics) address.
+pub const KEY_HTTP_ADDR: &str = "http_addr";
 /// Chitchat key of the layout version the node runs.
 pub const KEY_LAYOUT_VERSION: &str = "layout_version";
 /// Chitchat key of the digest ([`crate::ring::Layout::digest`], hex) of
@@ -97,6 +101,7 @@ pub type OnPeerAddr = Box<dyn Fn(&str, SocketAddr) + Send + Sync>;
 /// The running gossip: chitchat's server and the sync task.
 pub struct MembershipHandle {
     chitchat: ChitchatHandle,
+    membership: Arc<Membership>,
     shutdown_tx: watch::Sender<bool>,
     sync_task: JoinHandle<()>,
 }
@@ -117,6 +122,19 @@ impl MembershipHandle {
                 let state = c.self_node_state();
                 state.set(KEY_LAYOUT_VERSION, version);
                 state.set(KEY_LAYOUT_DIGEST, digest_hex(digest));
+            })
+            .await;
+    }
+
+    /// Publishes the addresses clients reach this node at (its RESP and
+    /// HTTP listeners), once they are bound.
+    pub async fn publish_client_addrs(&self, resp: SocketAddr, http: SocketAddr) {
+        self.membership.set_own_client_addrs(resp, http);
+        self.chitchat
+            .with_chitchat(|c| {
+                let state = c.self_node_state();
+                state.set(KEY_RESP_ADDR, resp.to_string());
+                state.set(KEY_HTTP_ADDR, http.to_string());
             })
             .await;
     }
@@ -204,13 +222,14 @@ pub async fn spawn_gossip(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let sync_task = tokio::spawn(sync_loop(
         chitchat.chitchat(),
-        membership,
+        membership.clone(),
         on_peer_addr,
         config.gossip_interval,
         shutdown_rx,
     ));
     Ok(MembershipHandle {
         chitchat,
+        membership,
         shutdown_tx,
         sync_task,
     })
@@ -266,6 +285,8 @@ fn observe(chitchat: &Chitchat, me: &str) -> Vec<Observation> {
             heartbeat: u64::from(state.heartbeat()),
             gossip_addr: id.gossip_advertise_addr,
             peer_addr: state.get(KEY_PEER_ADDR).and_then(|a| a.parse().ok()),
+            resp_addr: state.get(KEY_RESP_ADDR).and_then(|a| a.parse().ok()),
+            http_addr: state.get(KEY_HTTP_ADDR).and_then(|a| a.parse().ok()),
             zone: state
                 .get(KEY_ZONE)
                 .filter(|z| !z.is_empty())

@@ -53,6 +53,12 @@ pub struct MemberView {
     /// Gossip (UDP) address, once heard from.
     #[serde(default)]
     pub gossip_addr: Option<String>,
+    /// Redis-protocol address clients connect to, once heard from.
+    #[serde(default)]
+    pub resp_addr: Option<String>,
+    /// HTTP (admin, metrics) address, once heard from.
+    #[serde(default)]
+    pub http_addr: Option<String>,
     /// Layout version the node says it runs, once heard from.
     #[serde(default)]
     pub layout_version: Option<u64>,
@@ -90,6 +96,8 @@ pub(crate) struct Observation {
     pub heartbeat: u64,
     pub gossip_addr: SocketAddr,
     pub peer_addr: Option<SocketAddr>,
+    pub resp_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     pub zone: Option<String>,
     pub layout_version: Option<u64>,
     pub layout_digest: Option<u64>,
@@ -113,6 +121,8 @@ pub struct Membership {
     own_gossip_addr: RwLock<Option<SocketAddr>>,
     /// The (version, digest) of the layout this node runs.
     own_layout: RwLock<Option<(u64, u64)>>,
+    /// This node's (RESP, HTTP) addresses, once bound.
+    own_client_addrs: RwLock<Option<(SocketAddr, SocketAddr)>>,
 }
 
 impl Membership {
@@ -137,6 +147,7 @@ impl Membership {
             peers: RwLock::new(peers),
             own_gossip_addr: RwLock::new(None),
             own_layout: RwLock::new(None),
+            own_client_addrs: RwLock::new(None),
         })
     }
 
@@ -156,6 +167,11 @@ impl Membership {
     /// Records the gossip address this node advertises (for [`Self::view`]).
     pub fn set_own_gossip_addr(&self, addr: SocketAddr) {
         *self.own_gossip_addr.write() = Some(addr);
+    }
+
+    /// Records the RESP and HTTP addresses this node serves clients at.
+    pub fn set_own_client_addrs(&self, resp: SocketAddr, http: SocketAddr) {
+        *self.own_client_addrs.write() = Some((resp, http));
     }
 
     /// Applies one round of observations; returns the peers whose TCP
@@ -265,6 +281,8 @@ impl Membership {
                     last_seen_ms_ago: Some(0),
                     partitions_owned: owned,
                     gossip_addr: None,
+                    resp_addr: None,
+                    http_addr: None,
                     layout_version: None,
                     layout_digest: None,
                     layout_mismatch: false,
@@ -273,6 +291,10 @@ impl Membership {
                     view.layout_version = Some(layout.version());
                     view.layout_digest = Some(digest_hex(digest));
                     view.gossip_addr = self.own_gossip_addr.read().map(|a| a.to_string());
+                    if let Some((resp, http)) = *self.own_client_addrs.read() {
+                        view.resp_addr = Some(resp.to_string());
+                        view.http_addr = Some(http.to_string());
+                    }
                 } else if let Some(p) = peers.get(&m.name) {
                     view.up = p.up;
                     view.last_seen_ms_ago = p.last_seen.map(|t| t.elapsed().as_millis() as u64);
@@ -284,6 +306,8 @@ impl Membership {
                             view.zone = seen.zone.clone();
                         }
                         view.gossip_addr = Some(seen.gossip_addr.to_string());
+                        view.resp_addr = seen.resp_addr.map(|a| a.to_string());
+                        view.http_addr = seen.http_addr.map(|a| a.to_string());
                         view.layout_version = seen.layout_version;
                         view.layout_digest = seen.layout_digest.map(digest_hex);
                         view.layout_mismatch = Self::mismatched(own, seen);
@@ -325,6 +349,8 @@ mod tests {
             heartbeat,
             gossip_addr: SocketAddr::from(([127, 0, 0, 1], port)),
             peer_addr: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            resp_addr: Some(SocketAddr::from(([127, 0, 0, 1], port + 1))),
+            http_addr: None,
             zone: Some("z".into()),
             layout_version: Some(1),
             layout_digest: None,
@@ -385,7 +411,16 @@ mod tests {
             [true, true, false]
         );
         assert_eq!(view.members[1].peer_addr, "127.0.0.1:2");
+        assert_eq!(view.members[1].resp_addr.as_deref(), Some("127.0.0.1:3"));
         assert_eq!(view.members[1].zone.as_deref(), Some("z"));
+        assert_eq!(view.members[0].resp_addr, None, "not bound yet");
+        m.set_own_client_addrs(
+            "127.0.0.1:7379".parse().unwrap(),
+            "127.0.0.1:7479".parse().unwrap(),
+        );
+        let own = &m.view(&layout).members[0];
+        assert_eq!(own.resp_addr.as_deref(), Some("127.0.0.1:7379"));
+        assert_eq!(own.http_addr.as_deref(), Some("127.0.0.1:7479"));
         assert_eq!(
             view.members.iter().map(|m| m.partitions_owned).sum::<u32>(),
             64

@@ -348,11 +348,54 @@ async fn a_killed_node_is_seen_down_within_5_s_and_up_within_5_s_of_its_return()
     // Peers are down until gossip hears from them: see node3 up first, or
     // the wait for "down" below would pass without detecting anything.
     wait_for_liveness(&cluster, 0, "node3", true).await;
+    let table = status_table(&cluster, 0);
+    for i in 0..3 {
+        let node = cluster.node(i);
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("node{} ", i + 1)))
+            .unwrap_or_else(|| panic!("node{} missing from:\n{table}", i + 1));
+        // NOTE: a peer's client address arrives by gossip shortly after it
+        // is seen up; its own node lists it at once.
+        assert!(line.contains(" up "), "{line}");
+        assert!(line.contains(&cluster.peer_addr(i).to_string()), "{line}");
+        if i == 0 {
+            assert!(line.contains(&node.resp_addr.to_string()), "{line}");
+        }
+    }
     cluster.kill(2);
     let down = wait_for_liveness(&cluster, 0, "node3", false).await;
+    let table = status_table(&cluster, 0);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node3 ") && l.contains(" DOWN ")),
+        "{table}"
+    );
     assert!(down < Duration::from_secs(5), "seen down after {down:?}");
     cluster.restart(2);
     let up = wait_for_liveness(&cluster, 0, "node3", true).await;
     assert!(up < Duration::from_secs(5), "seen up after {up:?}");
     eprintln!("node3 seen down after {down:?}, up {up:?} after its restart");
+}
+
+/// `ringkv cluster status` against node `i`'s HTTP address: its table.
+fn status_table(cluster: &TestCluster, i: usize) -> String {
+    let output = crate::support::run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringkv")).args([
+            "cluster",
+            "status",
+            "--node",
+            &cluster.node(i).http_addr.to_string(),
+        ]),
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}{errors}");
+    assert!(
+        text.contains("RESP ADDR") && text.contains("layout version 1, 1024 partitions, 3 nodes"),
+        "{text}"
+    );
+    text
 }

@@ -27,7 +27,8 @@ fn write_config(dir: &Path, me: usize, ports: &[u16]) -> String {
     path.display().to_string()
 }
 
-/// node3's entry in `node`'s `/v1/cluster`, once it is up.
+/// node3's entry in `node`'s `/v1/cluster`, once it is up and its client
+/// addresses (published once its listeners are bound) arrived.
 async fn node3_as_seen_by(node: &ServerProcess) -> Option<serde_json::Value> {
     let (status, _, body) = http_get(node.http_addr, "/v1/cluster").await;
     assert_eq!(status, 200, "{body}");
@@ -35,7 +36,7 @@ async fn node3_as_seen_by(node: &ServerProcess) -> Option<serde_json::Value> {
     view["members"]
         .as_array()?
         .iter()
-        .find(|m| m["name"] == "node3" && m["up"] == true)
+        .find(|m| m["name"] == "node3" && m["up"] == true && !m["resp_addr"].is_null())
         .cloned()
 }
 
@@ -65,6 +66,18 @@ async fn a_moved_node_joining_through_one_seed_is_found_and_reached_by_every_pee
             if let Some(seen) = node3_as_seen_by(node).await {
                 assert_eq!(seen["peer_addr"], moved_addr.as_str(), "{name}: {seen}");
                 assert_eq!(seen["gossip_addr"], moved_addr.as_str(), "{name}: {seen}");
+                // Client addresses spread too, so `cluster status` on any
+                // node tells where to point redis-cli at node3.
+                assert_eq!(
+                    seen["resp_addr"],
+                    node3.resp_addr.to_string().as_str(),
+                    "{name}: {seen}"
+                );
+                assert_eq!(
+                    seen["http_addr"],
+                    node3.http_addr.to_string().as_str(),
+                    "{name}: {seen}"
+                );
                 assert_eq!(seen["layout_version"], 1, "{name}: {seen}");
                 break;
             }
@@ -80,6 +93,11 @@ async fn a_moved_node_joining_through_one_seed_is_found_and_reached_by_every_pee
         .await
         .expect("node3 sees itself up");
     assert_eq!(myself["gossip_addr"], moved_addr.as_str(), "{myself}");
+    assert_eq!(
+        myself["resp_addr"],
+        node3.resp_addr.to_string().as_str(),
+        "{myself}"
+    );
 
     // Writes to all three replicas reach node3 at the gossiped address: its
     // configured address has no listener.

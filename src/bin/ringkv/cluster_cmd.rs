@@ -80,20 +80,21 @@ fn print_table(view: &ClusterView) {
         view.members.len()
     );
     println!(
-        "{:<16} {:<6} {:<10} {:>10}  {:<22} {:<22} {:>6}  LAST SEEN",
-        "NAME", "STATUS", "ZONE", "PARTITIONS", "PEER ADDR", "GOSSIP ADDR", "LAYOUT"
+        "{:<16} {:<6} {:<10} {:>10}  {:<22} {:<22} {:<22} {:>6}  LAST SEEN",
+        "NAME", "STATUS", "ZONE", "PARTITIONS", "RESP ADDR", "PEER ADDR", "GOSSIP ADDR", "LAYOUT"
     );
     for m in &view.members {
         let seen = m
             .last_seen_ms_ago
             .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
         let gossip = m.gossip_addr.as_deref().unwrap_or("-");
+        let resp = m.resp_addr.as_deref().unwrap_or("-");
         let mut layout = m.layout_version.map_or("-".to_string(), |v| v.to_string());
         if m.layout_mismatch {
             layout.push('!');
         }
         println!(
-            "{:<16} {:<6} {:<10} {:>10}  {:<22} {gossip:<22} {layout:>6}  {seen}",
+            "{:<16} {:<6} {:<10} {:>10}  {resp:<22} {:<22} {gossip:<22} {layout:>6}  {seen}",
             m.name,
             if m.up { "up" } else { "DOWN" },
             m.zone.as_deref().unwrap_or("-"),
