@@ -18,8 +18,10 @@ use super::{NetError, Request, Response};
 // NOTE: 2 added `Request::Hint` and `Request::Aae`, and came with the
 // replica-set layout, under which a node of version 1 would place keys
 // elsewhere: refusing its frames (logged at the handshake) is safer than
-// serving with two layouts.
-pub const PROTOCOL_VERSION: u8 = 2;
+// serving with two layouts. 3: records carry microsecond HLC timestamps
+// (record format 2, anti-entropy key digests compare them raw), which a
+// version-2 node can neither decode nor order against its own.
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Length of a handshake nonce.
 pub(crate) const NONCE_LEN: usize = 32;

@@ -128,7 +128,7 @@ pub(crate) fn kv_where<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
 
 /// `KV.INSPECT key`: what each primary holds, one map per replica: `node`,
 /// `state` (`value`, `expired`, `tombstone`, `missing` or `error`),
-/// `digest` (xxh3-64 of the value, hex), `timestamp` (`ms.logical`),
+/// `digest` (xxh3-64 of the value, hex), `timestamp` (`microseconds.logical`),
 /// `writer` (the node id in the version), `expiry_ms`, and `error`.
 pub(crate) async fn kv_inspect<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     let key = cx.check_key(&args[1])?;

@@ -118,9 +118,10 @@ impl Timestamp {
     const LOGICAL_BITS: u32 = 12;
     const LOGICAL_MASK: u64 = (1 << Self::LOGICAL_BITS) - 1;
 
-    /// The first timestamp of microsecond `us`.
+    /// The first timestamp of microsecond `us` (saturating past the year
+    /// 2112, the last microsecond 52 bits hold).
     pub fn from_us(us: u64) -> Self {
-        Self(us << Self::LOGICAL_BITS)
+        Self(us.min(u64::MAX >> Self::LOGICAL_BITS) << Self::LOGICAL_BITS)
     }
 
     /// The first timestamp of millisecond `ms`.

@@ -183,11 +183,13 @@ async fn assert_clock_ahead(s: &Scenario, i: usize, offset_ms: i64) {
     let before = unix_ms();
     let _: String = ok(&mut c, &["KV.PUT", "skew-probe", "v", "W", "all"]).await;
     let replicas = inspect(&mut c, "skew-probe").await;
-    let stamped: i64 = replicas[0]
+    // NOTE: KV.INSPECT shows a timestamp as `microseconds.logical`.
+    let stamped_us: i64 = replicas[0]
         .3
         .as_deref()
         .and_then(|t| t.split('.').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no timestamp in {replicas:?}"));
+    let stamped = stamped_us / 1000;
     assert!(
         stamped >= before + offset_ms - 100,
         "a write through node{} was stamped {} ms after the real time, wanted ~{offset_ms}",
