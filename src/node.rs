@@ -212,14 +212,7 @@ impl Node {
                 addr: config.node.http_addr,
                 source,
             })?;
-        if let Some(membership) = &membership {
-            membership
-                .publish_client_addrs(
-                    advertised(&config, resp.local_addr()),
-                    advertised(&config, http.local_addr()),
-                )
-                .await;
-        }
+        announce_client_addrs(&config, membership.as_ref(), &resp, &http).await;
         Ok(Node {
             store,
             resp,
@@ -551,6 +544,20 @@ async fn start_cluster(
             background,
         },
     })
+}
+
+/// Gossips where clients reach this node, once its listeners are bound.
+async fn announce_client_addrs(
+    config: &Config,
+    membership: Option<&MembershipHandle>,
+    resp: &RespServerHandle,
+    http: &HttpServerHandle,
+) {
+    if let Some(membership) = membership {
+        let resp_addr = advertised(config, resp.local_addr());
+        let http_addr = advertised(config, http.local_addr());
+        membership.publish_client_addrs(resp_addr, http_addr).await;
+    }
 }
 
 /// `addr` as peers and clients should use it: an unspecified listen IP

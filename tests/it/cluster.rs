@@ -348,6 +348,7 @@ async fn a_killed_node_is_seen_down_within_5_s_and_up_within_5_s_of_its_return()
     // Peers are down until gossip hears from them: see node3 up first, or
     // the wait for "down" below would pass without detecting anything.
     wait_for_liveness(&cluster, 0, "node3", true).await;
+    wait_for_liveness(&cluster, 0, "node2", true).await;
     let table = status_table(&cluster, 0);
     for i in 0..3 {
         let node = cluster.node(i);

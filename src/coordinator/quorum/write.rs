@@ -50,17 +50,16 @@ impl<T: Transport> QuorumStore<T> {
         let mut good = 0;
         // A hint of the write for `target` goes to the next stand-in (sloppy
         // writes), or stays with this node.
-        let mut hand_over = |target: Arc<str>, calls: &mut FuturesUnordered<_>| match if sloppy {
-            stand_ins.next()
-        } else {
-            None
-        } {
-            Some(next) => {
-                stand_in_calls += 1;
-                let request = requests.hint_for(&target);
-                calls.push(self.call_write(next, Some(target), request));
+        let mut hand_over = |target: Arc<str>, calls: &mut FuturesUnordered<_>| {
+            let stand_in = if sloppy { stand_ins.next() } else { None };
+            match stand_in {
+                Some(node) => {
+                    stand_in_calls += 1;
+                    let request = requests.hint_for(&target);
+                    calls.push(self.call_write(node, Some(target), request));
+                }
+                None => unhinted.push(target),
             }
-            None => unhinted.push(target),
         };
         for primary in &plan.primaries {
             if **primary == *self.me {
