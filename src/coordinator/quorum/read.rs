@@ -118,23 +118,13 @@ impl<T: Transport> QuorumStore<T> {
             return Ok(record);
         }
         let key = &Bytes::copy_from_slice(key);
-        let (good, bad) = self
+        let (seen, bad) = self
             .read_fan_out(ks, hash, key, &plan.primaries, needed)
             .await;
-        if good.len() < needed {
-            return Err(Self::unavailable("read", needed, good.len(), bad, &plan));
+        if seen.len() < needed {
+            return Err(Self::unavailable("read", needed, seen.len(), bad, &plan));
         }
-        let mut merged: Option<Record> = None;
-        let mut seen: Vec<(Arc<str>, Option<Record>)> = Vec::with_capacity(good.len());
-        for (node, record) in good {
-            if let Some(record) = &record {
-                merged = Some(match merged {
-                    Some(m) => m.merge(record.clone()),
-                    None => record.clone(),
-                });
-            }
-            seen.push((node, record));
-        }
+        let merged = merge_all(&seen);
         // NOTE: replicas that disagree suggest the unread ones are stale
         // too, so they are always checked; otherwise one read in
         // `repair_every` checks them.
@@ -308,6 +298,14 @@ impl<T: Transport> Repairer<T> {
             }
         }
     }
+}
+
+/// The merge (newest version) of the records `answers` hold, if any.
+fn merge_all(answers: &[(Arc<str>, Option<Record>)]) -> Option<Record> {
+    answers
+        .iter()
+        .filter_map(|(_, record)| record.clone())
+        .reduce(Record::merge)
 }
 
 /// A replica's answer to a read as a record, or why it does not count:
