@@ -99,22 +99,7 @@ pub(super) async fn start_cluster(
     let secret = config.cluster.secret.clone().unwrap_or_default();
     let mut peer_config = PeerConfig::new(config.node.name.clone(), secret.clone());
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
-    // NOTE: without fault injection the table stays empty and the fault
-    // layer costs one atomic load per call.
-    let links = faults.map_or_else(FaultTable::default, |f| f.links().clone());
-    let transport = Arc::new(FaultyTransport::new(
-        TcpTransport::new(peer_config.clone()),
-        config.node.name.clone(),
-        links,
-        peer_config.request_timeout,
-    ));
-    // NOTE: the configured addresses are a starting point; gossip replaces
-    // them with what each peer publishes (see `spawn_gossip`).
-    for member in &config.cluster.nodes {
-        if member.name != config.node.name {
-            transport.inner().set_peer(&member.name, member.peer_addr);
-        }
-    }
+    let transport = cluster_transport(config, &peer_config, faults);
     let layout = static_layout(config)?;
     tracing::info!(
         nodes = config.cluster.nodes.len(),
@@ -126,31 +111,12 @@ pub(super) async fn start_cluster(
     let layout_digest = layout.digest();
     let membership = Membership::new(config.node.name.clone(), config.cluster.nodes.clone());
     membership.set_own_layout(layout_version, layout_digest);
-    let hints = Arc::new(Hints::open(
-        open_hint_engine(config)?,
-        HintConfig {
-            window_ms: config.cluster.hint_window_ms,
-            max_bytes_per_target: config.cluster.hint_max_bytes_per_target,
-            sync_each: config.storage.fsync == FsyncPolicy::Always,
-        },
-        local.hlc().clone(),
-    )?);
-    let queued: u64 = hints.queues().values().map(|q| q.hints).sum();
-    if queued > 0 {
-        tracing::info!(
-            hints = queued,
-            "hints loaded, to deliver when their targets are up"
-        );
-    }
+    let hints = open_hints(config, &local)?;
     let live = membership.clone();
     let is_up: crate::coordinator::Liveness = Arc::new(move |name: &str| live.is_up(name));
     let quorum = Arc::new(
         QuorumStore::new(
-            QuorumConfig {
-                node_name: config.node.name.clone(),
-                node_id: node_id(&config.node.name),
-                partitions: config.cluster.partitions,
-            },
+            quorum_config(config),
             local.clone(),
             transport.clone(),
             layout,
@@ -173,52 +139,17 @@ pub(super) async fn start_cluster(
             addr: config.node.peer_addr,
             source,
         })?;
-    let gossip = gossip_config(
+    let membership_handle = start_gossip(
         config,
         secret,
         peer.local_addr(),
         (layout_version, layout_digest),
-    );
-    let gossip_addr = gossip.listen_addr;
-    membership.set_own_gossip_addr(gossip.advertise_addr);
-    let follow = transport.clone();
-    let udp = chitchat::transport::UdpTransport;
-    let filtered;
-    let gossip_transport: &dyn chitchat::transport::Transport = match faults {
-        Some(faults) => {
-            faults.follow_membership(membership.clone());
-            filtered = FilteredGossipTransport::new(udp, faults.gossip_blocklist().clone());
-            &filtered
-        }
-        None => &udp,
-    };
-    let membership_handle = spawn_gossip(
-        gossip,
-        membership.clone(),
-        gossip_transport,
-        Box::new(move |name, addr| follow.inner().set_peer(name, addr)),
+        &membership,
+        &transport,
+        faults,
     )
-    .await
-    .map_err(|e| StartError::Bind {
-        addr: gossip_addr,
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let aae = (config.cluster.aae_interval_ms > 0).then(|| {
-        let layout_store = quorum.clone();
-        let up = membership.clone();
-        spawn_aae(Scheduler::new(
-            AaeConfig {
-                node_name: config.node.name.clone(),
-                interval: Duration::from_millis(config.cluster.aae_interval_ms),
-                max_partitions_per_sec: config.cluster.aae_max_partitions_per_sec,
-                tombstone_grace_ms: config.storage.tombstone_grace_ms,
-            },
-            local,
-            transport,
-            Arc::new(move || layout_store.layout()),
-            Arc::new(move |peer: &str| up.is_up(peer)),
-        ))
-    });
+    .await?;
+    let aae = cluster_aae(config, local, transport, &quorum, &membership);
     let view_store = quorum.clone();
     let view: ViewFn = Arc::new(move || membership.view(&view_store.layout()));
     let resp = start_resp(config, engine, quorum).await?;
@@ -233,6 +164,124 @@ pub(super) async fn start_cluster(
             delivery,
             background,
         },
+    })
+}
+
+/// Who this node is to the quorum coordinator.
+fn quorum_config(config: &Config) -> QuorumConfig {
+    QuorumConfig {
+        node_name: config.node.name.clone(),
+        node_id: node_id(&config.node.name),
+        partitions: config.cluster.partitions,
+    }
+}
+
+/// The internode transport: TCP to the configured peer addresses (gossip
+/// replaces them with what each peer publishes), under the fault layer.
+fn cluster_transport(
+    config: &Config,
+    peer_config: &PeerConfig,
+    faults: Option<&Arc<FaultInjector>>,
+) -> Arc<FaultyTransport<TcpTransport>> {
+    // NOTE: without fault injection the table stays empty and the fault
+    // layer costs one atomic load per call.
+    let links = faults.map_or_else(FaultTable::default, |f| f.links().clone());
+    let transport = Arc::new(FaultyTransport::new(
+        TcpTransport::new(peer_config.clone()),
+        config.node.name.clone(),
+        links,
+        peer_config.request_timeout,
+    ));
+    for member in &config.cluster.nodes {
+        if member.name != config.node.name {
+            transport.inner().set_peer(&member.name, member.peer_addr);
+        }
+    }
+    transport
+}
+
+/// The hint store, with the hints an earlier run left to deliver.
+fn open_hints(config: &Config, local: &LocalStore) -> Result<Arc<Hints>, StartError> {
+    let hints = Arc::new(Hints::open(
+        open_hint_engine(config)?,
+        HintConfig {
+            window_ms: config.cluster.hint_window_ms,
+            max_bytes_per_target: config.cluster.hint_max_bytes_per_target,
+            sync_each: config.storage.fsync == FsyncPolicy::Always,
+        },
+        local.hlc().clone(),
+    )?);
+    let queued: u64 = hints.queues().values().map(|q| q.hints).sum();
+    if queued > 0 {
+        tracing::info!(
+            hints = queued,
+            "hints loaded, to deliver when their targets are up"
+        );
+    }
+    Ok(hints)
+}
+
+/// Starts gossip (through the fault layer's blocklist when faults are on);
+/// the transport follows the peer addresses it reveals.
+async fn start_gossip(
+    config: &Config,
+    secret: String,
+    bound_peer_addr: SocketAddr,
+    layout: (u64, u64),
+    membership: &Arc<Membership>,
+    transport: &Arc<FaultyTransport<TcpTransport>>,
+    faults: Option<&Arc<FaultInjector>>,
+) -> Result<MembershipHandle, StartError> {
+    let gossip = gossip_config(config, secret, bound_peer_addr, layout);
+    let gossip_addr = gossip.listen_addr;
+    membership.set_own_gossip_addr(gossip.advertise_addr);
+    let follow = transport.clone();
+    let udp = chitchat::transport::UdpTransport;
+    let filtered;
+    let gossip_transport: &dyn chitchat::transport::Transport = match faults {
+        Some(faults) => {
+            faults.follow_membership(membership.clone());
+            filtered = FilteredGossipTransport::new(udp, faults.gossip_blocklist().clone());
+            &filtered
+        }
+        None => &udp,
+    };
+    spawn_gossip(
+        gossip,
+        membership.clone(),
+        gossip_transport,
+        Box::new(move |name, addr| follow.inner().set_peer(name, addr)),
+    )
+    .await
+    .map_err(|e| StartError::Bind {
+        addr: gossip_addr,
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// The anti-entropy scheduler, unless `cluster.aae_interval_ms` is 0.
+fn cluster_aae(
+    config: &Config,
+    local: Arc<LocalStore>,
+    transport: Arc<FaultyTransport<TcpTransport>>,
+    quorum: &Arc<QuorumStore<FaultyTransport<TcpTransport>>>,
+    membership: &Arc<Membership>,
+) -> Option<AaeHandle> {
+    (config.cluster.aae_interval_ms > 0).then(|| {
+        let layout_store = quorum.clone();
+        let up = membership.clone();
+        spawn_aae(Scheduler::new(
+            AaeConfig {
+                node_name: config.node.name.clone(),
+                interval: Duration::from_millis(config.cluster.aae_interval_ms),
+                max_partitions_per_sec: config.cluster.aae_max_partitions_per_sec,
+                tombstone_grace_ms: config.storage.tombstone_grace_ms,
+            },
+            local,
+            transport,
+            Arc::new(move || layout_store.layout()),
+            Arc::new(move |peer: &str| up.is_up(peer)),
+        ))
     })
 }
 
