@@ -193,7 +193,8 @@ impl Default for LimitsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Number of partitions `Q`, a power of two, fixed when the cluster is
-    /// created. Default: 1024.
+    /// created: a data directory records it (`ringkv.meta`) and refuses to
+    /// start with another. Default: 1024.
     pub partitions: u32,
     /// The secret every node proves it knows before any data moves between
     /// them. Required when `nodes` is set.

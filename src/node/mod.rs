@@ -25,6 +25,7 @@ use crate::net::PeerServerHandle;
 use crate::periodic::Periodic;
 use crate::resp::codec::DecodeLimits;
 use crate::resp::{RespConfig, RespServer, RespServerHandle};
+use crate::storage::meta::{MetaError, check_partitions};
 use crate::storage::{Engine, FjallEngine, MemoryEngine, StorageError};
 use crate::version::{Clock, Hlc, SystemClock};
 use cluster::{HintParts, announce_client_addrs, start_cluster};
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The store could not load.
     #[error("cannot load data: {0}")]
     Store(#[from] StoreError),
+    /// The data directory was created for another layout of keys.
+    #[error(transparent)]
+    DataDir(#[from] MetaError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -147,6 +151,15 @@ impl Node {
     /// Validates `config`, opens the data and starts serving.
     pub async fn start(config: Config) -> Result<Node, StartError> {
         config.validate()?;
+        if config.storage.engine == EngineKind::Fjall
+            && check_partitions(&config.storage.data_dir, config.cluster.partitions)?
+        {
+            tracing::info!(
+                partitions = config.cluster.partitions,
+                data_dir = %config.storage.data_dir.display(),
+                "partition count recorded in the data directory; it is fixed from now on"
+            );
+        }
         let metrics = metrics_handle();
         let engine = open_engine(&config)?;
         let engine_kind = engine.kind();

@@ -4,12 +4,14 @@
 //! ([`FjallEngine`], durable, the default) and an in-memory map
 //! ([`MemoryEngine`]) implement it, and one test suite runs against both.
 //! Keys are laid out by [`keys`] so that one partition is one contiguous
-//! range. Invariant: a [`Engine::flush`] with [`Durability::Sync`] returns only
+//! range, and [`meta`] keeps the partition count a data directory was created
+//! with. Invariant: a [`Engine::flush`] with [`Durability::Sync`] returns only
 //! once every earlier write is on stable storage.
 
 mod fjall_engine;
 pub mod keys;
 mod memory;
+pub mod meta;
 #[cfg(test)]
 mod suite;
 

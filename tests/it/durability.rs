@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::support::{ServerProcess, ok};
+use crate::support::{ServerProcess, ok, run_bounded};
 
 fn fjall_args<'a>(dir: &'a str, fsync: &'a str) -> [&'a str; 6] {
     ["--engine", "fjall", "--fsync", fsync, "--data-dir", dir]
@@ -237,4 +237,53 @@ async fn a_cluster_write_acknowledged_by_the_coordinators_own_replica_survives_k
         let got: Option<String> = ok(&mut con, &["KV.GET", &key, "R", "one"]).await;
         assert_eq!(got, Some(format!("v{i}")), "{key} after kill -9");
     }
+}
+
+/// The partition count is fixed when a data directory is created: a restart
+/// with another `cluster.partitions` would look up every key in the wrong
+/// partition (the data would seem lost), so it is refused with the count to
+/// use, and the data is there under the original count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_another_partition_count_is_refused_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let server = ServerProcess::start(&fjall_args(dir_arg, "always"));
+    let mut con = server.conn().await;
+    write_keys(&mut con, 0..100).await;
+    drop(con);
+    server.kill9();
+
+    let config = dir.path().join("other-partitions.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\nengine = \"fjall\"\ndata_dir = {dir_arg:?}\n[cluster]\npartitions = 2048\n"
+        ),
+    )
+    .unwrap();
+    let output = run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringkv")).args([
+            "server",
+            "--config",
+            config.to_str().unwrap(),
+            "--resp-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
+        Duration::from_secs(20),
+    );
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "started with 2048 partitions: {errors}"
+    );
+    assert!(
+        errors.contains("1024 partitions") && errors.contains("set cluster.partitions = 1024"),
+        "{errors}"
+    );
+
+    let server = ServerProcess::start(&fjall_args(dir_arg, "always"));
+    let mut con = server.conn().await;
+    assert_keys(&mut con, 0..100).await;
 }
