@@ -137,6 +137,9 @@ impl Record {
         match self.version.cmp(&other.version) {
             Ordering::Greater => self,
             Ordering::Less => other,
+            // NOTE: equal versions almost always hold equal records (every
+            // replica a quorum read agrees on): no encoding to compare then.
+            Ordering::Equal if self == other => self,
             Ordering::Equal => {
                 if self.encode() >= other.encode() {
                     self
