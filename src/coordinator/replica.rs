@@ -99,7 +99,8 @@ impl ReplicaHandler {
             .merge_stored(ks, key, record)
             .map_err(|e| e.to_string())?;
         // NOTE: let the other writes that arrived with this one apply first
-        // (a peer's frames come in batches, each request its own task), so
+        // (a peer's frames come in batches; this yield makes each write its
+        // own task and lets the peer server read on), so
         // one flush of the journal covers them all instead of one write(2)
         // each (measured: a quarter of a replica's CPU). A coordinator's own
         // replica write does not come here: it is merged in place and
