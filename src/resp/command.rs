@@ -154,6 +154,13 @@ macro_rules! commands {
                 let lower = buf.get_mut(..name.len())?;
                 lower.copy_from_slice(name);
                 lower.make_ascii_lowercase();
+                // NOTE: the table is searched in order (a compare per name):
+                // GET and SET, most of any workload, skip it.
+                match &*lower {
+                    b"get" => return Some(Cmd::Get),
+                    b"set" => return Some(Cmd::Set),
+                    _ => {}
+                }
                 match &*lower {
                     $( n if n == $name.as_bytes() => Some(Cmd::$variant), )*
                     _ => None,
