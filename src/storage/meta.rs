@@ -149,6 +149,19 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_while_recording_leaves_no_file_and_the_next_start_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // What a crash between writing the temporary file and renaming it
+        // leaves behind: a partial temporary file and no metadata.
+        std::fs::write(dir.path().join("ringkv.meta.tmp"), "format = 1\npart").unwrap();
+        assert!(check_partitions(dir.path(), 512).unwrap(), "recorded");
+        assert!(
+            check_partitions(dir.path(), 1024).is_err(),
+            "512 is fixed now"
+        );
+    }
+
+    #[test]
     fn another_format_or_garbage_is_refused_not_guessed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(META_FILE);
