@@ -335,6 +335,7 @@ impl Store for LocalStore {
                 .map(|k| k.load(Ordering::Relaxed).max(0) as u64)
                 .collect(),
             expired_reclaimed: 0,
+            cluster: None,
         }
     }
 

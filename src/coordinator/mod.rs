@@ -180,6 +180,25 @@ pub struct StoreStats {
     pub keys: Vec<u64>,
     /// Keys that have an expiry (approximate).
     pub expired_reclaimed: u64,
+    /// The cluster as this node sees it; `None` on a single node.
+    pub cluster: Option<ClusterStats>,
+}
+
+/// What `INFO cluster` reports of a clustered node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Nodes in the layout.
+    pub nodes: usize,
+    /// Of those, up as this node sees them (itself included).
+    pub nodes_up: usize,
+    /// Version of the layout this node runs.
+    pub layout_version: u64,
+    /// Partitions `Q`.
+    pub partitions: u32,
+    /// Partitions whose first replica this node is.
+    pub partitions_owned: u32,
+    /// Hints this node keeps for other nodes.
+    pub hints_queued: u64,
 }
 
 /// Reads and writes keys; implemented locally today and by the quorum

@@ -11,7 +11,7 @@ use super::Cmd;
 use super::command::{CmdError, Cx, Reply, is};
 use super::frame::Frame;
 use crate::config::FsyncPolicy;
-use crate::coordinator::Store;
+use crate::coordinator::{ClusterStats, Store};
 
 /// The Redis version ringkv's command set corresponds to (clients check it).
 pub(crate) const REDIS_COMPAT_VERSION: &str = "7.2.0";
@@ -77,7 +77,24 @@ fn info_text<S: Store>(cx: &Cx<'_, S>, section: &str) -> String {
         }
         out.push_str("\r\n");
     }
+    if want("cluster") {
+        cluster_section(&mut out, stats.cluster.as_ref());
+    }
     out
+}
+
+/// `# Cluster`: `cluster_enabled` as Redis reports it, then what a ringkv
+/// operator checks first: who is up, the layout, hints waiting.
+fn cluster_section(out: &mut String, cluster: Option<&ClusterStats>) {
+    let Some(c) = cluster else {
+        out.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
+        return;
+    };
+    let _ = write!(
+        out,
+        "# Cluster\r\ncluster_enabled:1\r\ncluster_nodes:{}\r\ncluster_nodes_up:{}\r\nlayout_version:{}\r\npartitions:{}\r\npartitions_owned:{}\r\nhints_queued:{}\r\n\r\n",
+        c.nodes, c.nodes_up, c.layout_version, c.partitions, c.partitions_owned, c.hints_queued
+    );
 }
 
 fn fsync_name(policy: FsyncPolicy) -> &'static str {

@@ -349,6 +349,19 @@ async fn a_killed_node_is_seen_down_within_5_s_and_up_within_5_s_of_its_return()
     // the wait for "down" below would pass without detecting anything.
     wait_for_liveness(&cluster, 0, "node3", true).await;
     wait_for_liveness(&cluster, 0, "node2", true).await;
+    let info = info_cluster(&cluster, 0).await;
+    for line in [
+        "cluster_enabled:1",
+        "cluster_nodes:3",
+        "cluster_nodes_up:3",
+        "layout_version:1",
+        "partitions:1024",
+    ] {
+        assert!(
+            info.contains(&format!("{line}\r\n")),
+            "{line} missing: {info}"
+        );
+    }
     let table = status_table(&cluster, 0);
     for i in 0..3 {
         let node = cluster.node(i);
@@ -373,6 +386,8 @@ async fn a_killed_node_is_seen_down_within_5_s_and_up_within_5_s_of_its_return()
             .any(|l| l.starts_with("node3 ") && l.contains(" DOWN ")),
         "{table}"
     );
+    let info = info_cluster(&cluster, 0).await;
+    assert!(info.contains("cluster_nodes_up:2\r\n"), "{info}");
     assert!(down < Duration::from_secs(5), "seen down after {down:?}");
     cluster.restart(2);
     let up = wait_for_liveness(&cluster, 0, "node3", true).await;
@@ -399,4 +414,10 @@ fn status_table(cluster: &TestCluster, i: usize) -> String {
         "{text}"
     );
     text
+}
+
+/// `INFO cluster` through node `i`.
+async fn info_cluster(cluster: &TestCluster, i: usize) -> String {
+    let mut c = cluster.node(i).conn().await;
+    ok::<String>(&mut c, &["INFO", "cluster"]).await
 }

@@ -645,6 +645,10 @@ async fn config_get_info_and_command_answer_what_tools_ask() {
     let info: String = ok(&mut c, &["INFO"]).await;
     assert!(info.contains("redis_version:"), "{info}");
     assert!(info.contains("connected_clients:"), "{info}");
+    assert!(
+        info.contains("# Cluster\r\ncluster_enabled:0\r\n"),
+        "{info}"
+    );
     let server: String = ok(&mut c, &["INFO", "server"]).await;
     assert!(server.contains("redis_mode:standalone"), "{server}");
     assert!(

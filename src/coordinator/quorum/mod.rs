@@ -31,8 +31,8 @@ use parking_lot::RwLock;
 
 use super::ReplicaHandler;
 use super::{
-    Consistency, Decision, Entry, Hints, KeyspaceId, Keyspaces, Level, LocalStore, Placement,
-    ReplicaView, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
+    ClusterStats, Consistency, Decision, Entry, Hints, KeyspaceId, Keyspaces, Level, LocalStore,
+    Placement, ReplicaView, Store, StoreError, StoreStats, WriteCmd, WriteOutcome,
 };
 use crate::net::Handler;
 use crate::net::{NetError, Request, Response, Transport};
@@ -461,7 +461,30 @@ impl<T: Transport> Store for QuorumStore<T> {
     }
 
     fn stats(&self) -> StoreStats {
-        self.local.stats()
+        let layout = self.layout();
+        let owned = layout
+            .index_of(&self.me)
+            .and_then(|i| layout.owned_counts().get(usize::from(i)).copied())
+            .unwrap_or(0);
+        let cluster = ClusterStats {
+            nodes: layout.nodes().len(),
+            nodes_up: layout
+                .nodes()
+                .iter()
+                .filter(|n| (self.is_up)(&n.name))
+                .count(),
+            layout_version: layout.version(),
+            partitions: layout.partitions(),
+            partitions_owned: owned,
+            hints_queued: self
+                .hints
+                .as_ref()
+                .map_or(0, |h| h.queues().values().map(|q| q.hints).sum()),
+        };
+        StoreStats {
+            cluster: Some(cluster),
+            ..self.local.stats()
+        }
     }
 
     fn now_ms(&self) -> u64 {
