@@ -246,6 +246,11 @@ impl Hints {
         Ok(true)
     }
 
+    /// Hints waiting, over every target.
+    pub fn queued(&self) -> u64 {
+        self.queues.lock().values().map(|q| q.hints).sum()
+    }
+
     /// Every target with hints waiting, and its queue.
     pub fn queues(&self) -> BTreeMap<String, HintQueue> {
         self.queues.lock().clone()

@@ -211,7 +211,7 @@ fn open_hints(config: &Config, local: &LocalStore) -> Result<Arc<Hints>, StartEr
         },
         local.hlc().clone(),
     )?);
-    let queued: u64 = hints.queues().values().map(|q| q.hints).sum();
+    let queued = hints.queued();
     if queued > 0 {
         tracing::info!(
             hints = queued,

@@ -384,6 +384,7 @@ impl<T: Transport> Replicas<T> {
         })
     }
 }
+
 impl<T: Transport> Store for QuorumStore<T> {
     fn keyspaces(&self) -> &Keyspaces {
         &self.keyspaces
@@ -476,10 +477,7 @@ impl<T: Transport> Store for QuorumStore<T> {
             layout_version: layout.version(),
             partitions: layout.partitions(),
             partitions_owned: owned,
-            hints_queued: self
-                .hints
-                .as_ref()
-                .map_or(0, |h| h.queues().values().map(|q| q.hints).sum()),
+            hints_queued: self.hints.as_ref().map_or(0, |h| h.queued()),
         };
         StoreStats {
             cluster: Some(cluster),
