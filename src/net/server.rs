@@ -4,9 +4,10 @@
 //! A connection reads every frame that is ready and polls each request once
 //! in place; one that waits continues in its own task (requests are served
 //! concurrently, up to `max_in_flight_per_connection`), and a single writer
-//! sends responses as they complete, many per flush. Invariants: the handler is never invoked
-//! for a connection whose handshake failed; a frame that is not a request
-//! closes the connection; at most `max_connections` connections are served.
+//! sends responses as they complete, many per flush. Invariants: the
+//! handler is never invoked for a connection whose handshake failed; a frame
+//! that is not a request closes the connection; at most `max_connections`
+//! connections are served.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -331,6 +331,7 @@ fn anti_entropy_view(log: &RepairLog, interval_ms: u64) -> AntiEntropyView {
             .collect(),
     }
 }
+
 type ViewFn = Arc<dyn Fn() -> ClusterView + Send + Sync>;
 
 /// Longest wait at shutdown for background replica writes to finish.

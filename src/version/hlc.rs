@@ -136,12 +136,11 @@ impl Timestamp {
         let ms = raw >> 16;
         let logical = raw & 0xffff;
         // NOTE: millisecond timestamps past the year 2112 (none are real,
-        // only corrupt) saturate instead of wrapping around.
+        // only corrupt) saturate in `from_us` instead of wrapping around.
         let us = ms
             .saturating_mul(1000)
-            .saturating_add(logical >> Self::LOGICAL_BITS)
-            .min(u64::MAX >> Self::LOGICAL_BITS);
-        Self((us << Self::LOGICAL_BITS) | (logical & Self::LOGICAL_MASK))
+            .saturating_add(logical >> Self::LOGICAL_BITS);
+        Self(Self::from_us(us).0 | (logical & Self::LOGICAL_MASK))
     }
 
     /// The wall-clock microsecond part.
