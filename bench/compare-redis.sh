@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Side-by-side throughput: ringkv vs redis-server, same redis-benchmark commands, same run.
 #
-# Usage: bench/compare-redis.sh [--requests N] [--reps N] [--only-cluster] [--record]
+# Usage: bench/compare-redis.sh [--requests N] [--reps N] [--only-cluster | --only-peer]
+#                               [--no-peer] [--record]
 #   --requests N  requests per redis-benchmark run (default 200000)
 #   --reps N      runs of each benchmark per server, alternating; medians reported (default 3)
 #   --only-cluster  skip the single-node runs (the cluster runs, fjall:
 #                   quorum/quorum, one/one, quorum/quorum with one of the 3
 #                   nodes killed; memory engine: quorum/quorum, one/one)
 #   --record      also append the result table to bench/RESULTS.md
+#   --only-peer   run only the peer row below
+#   --no-peer     skip the peer row: redis-server with two replicas (its own
+#                 asynchronous replication, three copies), against the lone
+#                 redis-server, for what replication costs Redis on this machine
 #
 # Builds ringkv in release mode, installs redis-server/redis-tools with apt-get
 # if they are missing, starts redis-server and ringkv on free loopback ports,
@@ -19,13 +24,17 @@ requests=200000
 reps=3
 only_cluster=0
 record=0
+peer=1
+only_peer=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) requests="$2"; shift 2 ;;
     --reps) reps="$2"; shift 2 ;;
     --only-cluster) only_cluster=1; shift ;;
     --record) record=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --no-peer) peer=0; shift ;;
+    --only-peer) only_peer=1; only_cluster=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -173,7 +182,9 @@ fi
 # "memory-*": the same cluster on the memory engine, like the redis-server
 # it is compared with (no persistence), so the cost of the cluster shows
 # apart from the cost of the disk engine.
-for setup in quorum one quorum-down memory-quorum memory-one; do
+setups="quorum one quorum-down memory-quorum memory-one"
+[ "$only_peer" = 1 ] && setups=""
+for setup in $setups; do
   engine=fjall
   levels=${setup%-down}
   if [ "${setup#memory-}" != "$setup" ]; then
@@ -204,6 +215,36 @@ for setup in quorum one quorum-down memory-quorum memory-one; do
   kill "$cluster_pid"
   wait "$cluster_pid" 2>/dev/null || true
 done
+
+# The peer doing the same replication: redis-server with two replicas
+# (asynchronous, as Redis replicates: three copies, no acknowledgement, like
+# ringkv's one/one with n = 3), every client on the primary. Its ratio to the
+# lone redis-server shows what three copies cost on this machine to Redis
+# itself.
+if [ "$peer" = 1 ]; then
+  primary=$(free_port)
+  peer_pids=()
+  for role in primary replica1 replica2; do
+    port=$primary
+    extra=()
+    if [ "$role" != primary ]; then
+      port=$(free_port)
+      extra=(--replicaof 127.0.0.1 "$primary")
+    fi
+    mkdir -p "$work/$role"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --dir "$work/$role" --logfile "$work/$role/redis.log" "${extra[@]}" &
+    peer_pids+=($!)
+    pids+=($!)
+    wait_ready "$port"
+  done
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -p "$primary" info replication | grep -c 'state=online')" = 2 ] && break
+    sleep 0.1
+  done
+  bench_against "peer: redis-server + 2 replicas (async)" "$primary"
+  for pid in "${peer_pids[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+fi
 
 cat "$table"
 if [ "$record" = 1 ]; then
