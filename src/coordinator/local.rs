@@ -172,6 +172,12 @@ impl LocalStore {
         self.read_record(&self.locate(ks, key).storage_key)
     }
 
+    /// The stored record of `key` as the engine holds it (encoded), or none:
+    /// what a replica sends a coordinator, which decodes and checks it.
+    pub fn read_stored_raw(&self, ks: KeyspaceId, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.engine.get(&self.locate(ks, key).storage_key)?)
+    }
+
     /// [`Self::read_stored`] for a key whose [`ring::key_hash`] is known.
     pub(crate) fn read_stored_hashed(
         &self,

@@ -215,6 +215,23 @@ pub trait Store: Send + Sync + 'static {
         consistency: Consistency,
     ) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
 
+    /// The live entries of `keys`, in order, each as [`Store::get`] reads it
+    /// (a cluster sends the reads that go to one replica together).
+    fn get_many(
+        &self,
+        ks: KeyspaceId,
+        keys: &[Bytes],
+        consistency: Consistency,
+    ) -> impl Future<Output = Vec<Result<Option<Entry>, StoreError>>> + Send {
+        async move {
+            let mut entries = Vec::with_capacity(keys.len());
+            for key in keys {
+                entries.push(self.get(ks, key, consistency).await);
+            }
+            entries
+        }
+    }
+
     /// Applies `cmd` to `key` atomically with respect to other writes of it.
     fn write(
         &self,

@@ -108,7 +108,32 @@ impl ReplicaHandler {
         tokio::task::yield_now().await;
         self.store.commit().await.map_err(|e| e.to_string())
     }
+
+    /// The stored records of `keys`, in order, as many as fit in
+    /// [`READ_MANY_BYTES`] (always the first).
+    fn read_many(&self, keyspace: &str, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, String> {
+        let ks = self.keyspace(keyspace)?;
+        let mut records = Vec::with_capacity(keys.len());
+        let mut bytes = 0;
+        for key in keys {
+            let record = self
+                .store
+                .read_stored_raw(ks, key)
+                .map_err(|e| e.to_string())?;
+            bytes += record.as_ref().map_or(0, Bytes::len);
+            if bytes > READ_MANY_BYTES && !records.is_empty() {
+                break;
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
 }
+
+/// Most bytes of records one [`Response::Records`] carries, unless its first
+/// record alone is larger (a record always fits a frame): the rest of the keys
+/// are asked again.
+pub(crate) const READ_MANY_BYTES: usize = 4 * 1024 * 1024;
 
 impl Handler for ReplicaHandler {
     async fn handle(&self, from: &PeerId, request: Request) -> Response {
@@ -116,8 +141,15 @@ impl Handler for ReplicaHandler {
             Request::Ping => return Response::Pong,
             Request::Read { keyspace, key } => self
                 .keyspace(&keyspace)
-                .and_then(|ks| self.store.read_stored(ks, &key).map_err(|e| e.to_string()))
-                .map(|record| Response::Record(record.map(|r| r.encode()))),
+                .and_then(|ks| {
+                    self.store
+                        .read_stored_raw(ks, &key)
+                        .map_err(|e| e.to_string())
+                })
+                .map(Response::Record),
+            Request::ReadMany { keyspace, keys } => {
+                self.read_many(&keyspace, &keys).map(Response::Records)
+            }
             Request::Write {
                 keyspace,
                 key,

@@ -20,8 +20,9 @@ use super::{NetError, Request, Response};
 // elsewhere: refusing its frames (logged at the handshake) is safer than
 // serving with two layouts. 3: records carry microsecond HLC timestamps
 // (record format 2, anti-entropy key digests compare them raw), which a
-// version-2 node can neither decode nor order against its own.
-pub const PROTOCOL_VERSION: u8 = 3;
+// version-2 node can neither decode nor order against its own. 4 added
+// `Request::ReadMany`, which a version-3 node would answer with an error.
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Length of a handshake nonce.
 pub(crate) const NONCE_LEN: usize = 32;

@@ -77,6 +77,15 @@ pub enum Request {
     /// One step of an anti-entropy exchange (appended last so the older
     /// variants keep their wire tags).
     Aae(AaeRequest),
+    /// The stored records of several keys of one keyspace, as [`Request::Read`]
+    /// gives each: a coordinator's reads of one pipelined run (or MGET) that go
+    /// to the same replica travel as one request.
+    ReadMany {
+        /// Keyspace name.
+        keyspace: String,
+        /// User keys.
+        keys: Vec<Bytes>,
+    },
 }
 
 /// A replica's answer.
@@ -93,6 +102,10 @@ pub enum Response {
     Error(String),
     /// Answer to [`Request::Aae`].
     Aae(AaeResponse),
+    /// Answer to [`Request::ReadMany`]: the records of its first keys, in
+    /// request order. Shorter than the request when the records would not
+    /// fit one frame; the coordinator asks for the rest again.
+    Records(Vec<Option<Bytes>>),
 }
 
 /// Why a call got no answer.

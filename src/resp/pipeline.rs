@@ -38,6 +38,11 @@ fn access(args: &[Bytes]) -> Option<(&Bytes, Access)> {
     }
 }
 
+/// True for `GET key`: a run of only these is read as one batch of keys.
+pub(crate) fn is_plain_get(args: &[Bytes]) -> bool {
+    matches!(args, [name, _key] if is(name, "GET"))
+}
+
 /// The commands of a run being built, and how the run touches their keys.
 #[derive(Debug, Default)]
 pub(crate) struct Run {

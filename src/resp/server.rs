@@ -27,6 +27,7 @@ use super::codec::{DecodeLimits, RequestDecoder};
 use super::command::{Cx, dispatch};
 use super::frame::{Frame, Protocol};
 use super::pipeline;
+use super::string_cmds;
 use crate::config::FsyncPolicy;
 use crate::coordinator::{Consistency, KeyspaceId, Store};
 
@@ -415,6 +416,8 @@ async fn run_batch<S: Store>(
                     // NOTE: a run of one (every unpipelined request) needs no
                     // session copy and no boxed future.
                     run_one(shared, session, only, batch).await;
+                } else if commands.iter().all(|args| pipeline::is_plain_get(args)) {
+                    run_gets(shared, session, &commands, batch).await;
                 } else {
                     run_concurrently(shared, session, &commands, batch).await;
                 }
@@ -547,12 +550,45 @@ async fn run_concurrently<S: Store>(
     while let Some((index, reply)) = waiting.next().await {
         replies[index] = Some(reply);
     }
-    let elapsed = started.elapsed();
-    for (number, reply) in (first + 1..).zip(replies) {
-        // NOTE: not data from the network: every slot is filled once
-        // `waiting` is drained, and a reply must never shift onto another
-        // request.
-        let (cmd, reply) = reply.expect("every command of a run has answered");
+    // NOTE: not data from the network: every slot is filled once `waiting`
+    // is drained, and a reply must never shift onto another request.
+    let replies = replies
+        .into_iter()
+        .map(|reply| reply.expect("every command of a run has answered"));
+    encode_run(shared, session, first, started.elapsed(), replies, batch);
+}
+
+/// Runs a run of plain `GET key`s as one read of many keys (a cluster sends
+/// the reads that go to one replica together) and encodes their replies in
+/// request order.
+async fn run_gets<S: Store>(
+    shared: &Arc<Shared<S>>,
+    session: &mut Session,
+    commands: &[Vec<Bytes>],
+    batch: &mut Batch<'_>,
+) {
+    let started = Instant::now();
+    shared
+        .total_commands
+        .fetch_add(commands.len() as u64, Ordering::Relaxed);
+    let first = session.commands;
+    session.commands += commands.len() as u64;
+    let replies = string_cmds::get_run(&mut Cx { shared, session }, commands).await;
+    let replies = replies.into_iter().map(|reply| (Some(Cmd::Get), reply));
+    encode_run(shared, session, first, started.elapsed(), replies, batch);
+}
+
+/// Records and encodes the replies of a run whose first command was number
+/// `first + 1` of the session, all sampled with the run's latency.
+fn encode_run<S: Store>(
+    shared: &Arc<Shared<S>>,
+    session: &Session,
+    first: u64,
+    elapsed: std::time::Duration,
+    replies: impl Iterator<Item = (Option<Cmd>, Frame)>,
+    batch: &mut Batch<'_>,
+) {
+    for (number, (cmd, reply)) in (first + 1..).zip(replies) {
         let failed = matches!(reply, Frame::Error(_));
         let sampled = number
             .is_multiple_of(LATENCY_SAMPLE_EVERY)

@@ -88,6 +88,31 @@ pub(crate) async fn get<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
     Ok(bulk_or_null(entry.map(|e| e.value)))
 }
 
+/// The replies of a pipelined run of plain `GET key`s, in request order,
+/// each as [`get`] answers it: the keys are read together
+/// ([`Store::get_many`]: a cluster sends the reads that go to one replica
+/// as one request).
+pub(crate) async fn get_run<S: Store>(cx: &mut Cx<'_, S>, commands: &[Vec<Bytes>]) -> Vec<Frame> {
+    let checked: Vec<Result<Bytes, CmdError>> = commands
+        .iter()
+        .map(|args| cx.check_key(&args[1]).cloned())
+        .collect();
+    let keys: Vec<Bytes> = checked.iter().filter_map(|key| key.clone().ok()).collect();
+    let mut entries = cx
+        .store()
+        .get_many(cx.session.keyspace, &keys, cx.session.consistency)
+        .await
+        .into_iter();
+    checked
+        .into_iter()
+        .map(|key| {
+            // NOTE: get_many answers every key it was given, in order.
+            let entry = key.and_then(|_| Ok(entries.next().expect("an entry per key")?));
+            entry.map_or_else(|e| Frame::Error(e.0), |e| bulk_or_null(e.map(|e| e.value)))
+        })
+        .collect()
+}
+
 struct SetArgs {
     condition: SetCondition,
     expiry: Option<ExpiryUpdate>,
@@ -228,16 +253,14 @@ pub(crate) async fn mget<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply 
     for key in keys {
         cx.check_key(key)?;
     }
-    // NOTE: one request per key, all at once: in a cluster each key has its
-    // own replicas and round trip.
+    // NOTE: all keys at once: in a cluster the reads that go to one
+    // replica travel as one request.
     let (store, ks, levels) = (cx.store(), cx.session.keyspace, cx.session.consistency);
-    let entries = try_join_all(keys.iter().map(|key| store.get(ks, key, levels))).await?;
-    Ok(Frame::Array(
-        entries
-            .into_iter()
-            .map(|entry| bulk_or_null(entry.map(|e| e.value)))
-            .collect(),
-    ))
+    let mut replies = Vec::with_capacity(keys.len());
+    for entry in store.get_many(ks, keys, levels).await {
+        replies.push(bulk_or_null(entry?.map(|e| e.value)));
+    }
+    Ok(Frame::Array(replies))
 }
 
 pub(crate) async fn mset<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {

@@ -131,6 +131,70 @@ async fn a_protocol_error_after_a_pipelined_run_comes_after_its_replies() {
     raw.expect_closed().await;
 }
 
+/// A pipelined run of GETs is read as one batch per replica; every reply is
+/// still its own key's, in request order, through any node and with a node
+/// killed, and each GET fails on its own once the quorum is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_run_of_gets_answers_every_key_in_order() {
+    let mut cluster = TestCluster::start_with_engine(3, "memory");
+    let mut c = cluster.node(0).conn().await;
+    let mut pipe = redis::pipe();
+    for i in (0..300).filter(|i| i % 5 != 0) {
+        pipe.cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .ignore();
+    }
+    let () = pipe.query_async(&mut c).await.expect("writes");
+    // NOTE: 300 GETs: more than one run (at most 256 commands each).
+    let gets = || {
+        let mut pipe = redis::pipe();
+        for i in 0..300 {
+            pipe.cmd("GET").arg(format!("k{i}"));
+        }
+        pipe
+    };
+    let expected: Vec<Value> = (0..300)
+        .map(|i| match i % 5 {
+            0 => Value::Nil,
+            _ => Value::BulkString(format!("v{i}").into_bytes()),
+        })
+        .collect();
+    for node in 0..3 {
+        let mut conn = cluster.node(node).conn().await;
+        let got: Vec<Value> = gets().query_async(&mut conn).await.expect("reads");
+        assert_eq!(got, expected, "through node{}", node + 1);
+    }
+    let mut raw = crate::support::RawConn::connect(cluster.node(0).resp_addr).await;
+    let mut input = crate::support::encode_command(&[b"GET", b"k1"]);
+    input.extend(crate::support::encode_command(&[b"GET", b""]));
+    input.extend(crate::support::encode_command(&[b"GET", b"k2"]));
+    raw.send(&input).await;
+    assert_eq!(raw.read_reply().await, Reply::bulk("v1"));
+    assert_eq!(
+        raw.read_reply().await,
+        Reply::Error("ERR empty keys are not allowed".into())
+    );
+    assert_eq!(raw.read_reply().await, Reply::bulk("v2"));
+
+    cluster.kill(2);
+    let got: Vec<Value> = gets().query_async(&mut c).await.expect("reads");
+    assert_eq!(got, expected, "with node3 killed");
+
+    cluster.kill(1);
+    let mut input = Vec::new();
+    for key in ["k1", "k2", "k3"] {
+        input.extend(crate::support::encode_command(&[b"GET", key.as_bytes()]));
+    }
+    raw.send(&input).await;
+    for _ in 0..3 {
+        match raw.read_reply().await {
+            Reply::Error(why) => assert!(why.starts_with("UNAVAILABLE"), "{why}"),
+            other => panic!("expected UNAVAILABLE, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_key_commands_fan_out_with_redis_semantics() {
     let cluster = TestCluster::start_with_engine(3, "memory");

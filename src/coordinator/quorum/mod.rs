@@ -42,6 +42,8 @@ use write::is_blind;
 
 mod read;
 #[cfg(test)]
+mod read_many_tests;
+#[cfg(test)]
 mod tests;
 mod write;
 
@@ -398,6 +400,20 @@ impl<T: Transport> Store for QuorumStore<T> {
     ) -> Result<Option<Entry>, StoreError> {
         let record = self.quorum_read(ks, key, consistency.read).await?;
         Ok(Entry::from_record(record.as_ref(), self.now_ms()))
+    }
+
+    async fn get_many(
+        &self,
+        ks: KeyspaceId,
+        keys: &[Bytes],
+        consistency: Consistency,
+    ) -> Vec<Result<Option<Entry>, StoreError>> {
+        let records = self.quorum_read_many(ks, keys, consistency.read).await;
+        let now = self.now_ms();
+        records
+            .into_iter()
+            .map(|record| Ok(Entry::from_record(record?.as_ref(), now)))
+            .collect()
     }
 
     async fn write(

@@ -8,45 +8,234 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use super::{QuorumStore, ReplicaResult, Replicas};
+use super::{Plan, QuorumStore, ReplicaResult, Replicas};
 use crate::coordinator::{KeyspaceId, Level, LocalStore, StoreError};
 use crate::net::{Request, Response, Transport};
 use crate::ring;
 use crate::version::{Hlc, Record};
 
 impl<T: Transport> QuorumStore<T> {
-    /// Asks `needed` primaries for `request` (this node first, then those
-    /// gossip says are up) and returns once `needed` answered well, or every
-    /// primary was tried: one more replica is asked for each that fails, so
-    /// a healthy read costs `r` requests, not `n`.
-    pub(super) async fn read_fan_out(
+    /// Reads `key` at `level`: the merge of the records of `r` primaries.
+    pub(super) async fn quorum_read(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        level: Level,
+    ) -> Result<Option<Record>, StoreError> {
+        let hash = ring::key_hash(&self.keyspaces.get(ks).name, key);
+        let plan = self.plan_hashed(ks, hash)?;
+        let needed = Self::required(level, plan.n)?;
+        if let Some(record) = self.read_in_place(ks, hash, key, &plan, needed) {
+            return Ok(record);
+        }
+        let key = Bytes::copy_from_slice(key);
+        let read = self.begin_read(ks, hash, key, plan, needed);
+        let waiting = read.asked.into_iter().chain(read.rest);
+        let (seen, bad) = self
+            .read_rest(ks, &read.key, waiting, needed, read.good, read.bad)
+            .await;
+        self.settle_read(ks, &read.key, &read.plan, needed, seen, bad)
+            .await
+    }
+
+    /// Reads `keys` at `level`, each as [`Self::quorum_read`] would, except
+    /// that the remote reads going to one replica travel together as one
+    /// [`Request::ReadMany`] (a pipelined run of GETs, an MGET). A key whose
+    /// answer in a batch is missing or does not count asks the next
+    /// primaries one at a time, as a single read does.
+    pub(super) async fn quorum_read_many(
+        &self,
+        ks: KeyspaceId,
+        keys: &[Bytes],
+        level: Level,
+    ) -> Vec<Result<Option<Record>, StoreError>> {
+        let name = &self.keyspaces.get(ks).name;
+        let mut done: Vec<Option<Result<Option<Record>, StoreError>>> = Vec::new();
+        let mut reads = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            let hash = ring::key_hash(name, key);
+            let begun = self.plan_hashed(ks, hash).and_then(|plan| {
+                let needed = Self::required(level, plan.n)?;
+                Ok(match self.read_in_place(ks, hash, key, &plan, needed) {
+                    Some(record) => Some(record),
+                    None => {
+                        reads.push((index, self.begin_read(ks, hash, key.clone(), plan, needed)));
+                        None
+                    }
+                })
+            });
+            done.push(match begun {
+                Ok(Some(record)) => Some(Ok(record)),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            });
+        }
+        if !reads.is_empty() {
+            self.ask_batched(name, &mut reads).await;
+            let settled = reads.into_iter().map(|(index, read)| async move {
+                let needed = read.needed;
+                let (seen, bad) = self
+                    .read_rest(
+                        ks,
+                        &read.key,
+                        read.rest.into_iter(),
+                        needed,
+                        read.good,
+                        read.bad,
+                    )
+                    .await;
+                let result = self
+                    .settle_read(ks, &read.key, &read.plan, needed, seen, bad)
+                    .await;
+                (index, result)
+            });
+            for (index, result) in futures_util::future::join_all(settled).await {
+                done[index] = Some(result);
+            }
+        }
+        done.into_iter()
+            .map(|result| result.expect("every key of a batched read is answered"))
+            .collect()
+    }
+
+    /// Sends each replica one [`Request::ReadMany`] for the keys of `reads`
+    /// that ask it, all at once, and files every answer with its read. A
+    /// key the replica's answer left out (it did not fit a frame) goes back
+    /// to the front of its read's `rest`, to be asked again alone.
+    async fn ask_batched(&self, keyspace: &str, reads: &mut [(usize, Read)]) {
+        let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        for (at, (_, read)) in reads.iter_mut().enumerate() {
+            for peer in read.asked.drain(..) {
+                match groups.iter_mut().find(|(node, _)| *node == peer) {
+                    Some((_, members)) => members.push(at),
+                    None => groups.push((peer, vec![at])),
+                }
+            }
+        }
+        let calls = groups.iter().map(|(peer, members)| {
+            let keys = members.iter().map(|&at| reads[at].1.key.clone()).collect();
+            let request = Request::ReadMany {
+                keyspace: keyspace.to_owned(),
+                keys,
+            };
+            self.call_replica(peer.clone(), request)
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let hlc = self.local.hlc();
+        for ((peer, members), (_, answer)) in groups.into_iter().zip(answers) {
+            let mut records = match answer {
+                Ok(Response::Records(records)) => Ok(records.into_iter()),
+                Ok(Response::Error(why)) | Err(why) => Err(why),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+            };
+            for at in members {
+                let read = &mut reads[at].1;
+                let answer = match &mut records {
+                    Ok(records) => match records.next() {
+                        Some(raw) => accept_record(hlc, Ok(Response::Record(raw))),
+                        None => {
+                            read.rest.insert(0, peer.clone());
+                            continue;
+                        }
+                    },
+                    Err(why) => Err(why.clone()),
+                };
+                match answer {
+                    Ok(record) => read.good.push((peer.clone(), record)),
+                    Err(why) => read.bad.push((peer.clone(), Err(why))),
+                }
+            }
+        }
+    }
+
+    /// A read of one replica that this node holds, done in place with no
+    /// fan-out (most reads at level one, and the hot path there), or `None`
+    /// when the read needs other replicas or the local one failed.
+    fn read_in_place(
         &self,
         ks: KeyspaceId,
         hash: u64,
-        key: &Bytes,
-        primaries: &[Arc<str>],
+        key: &[u8],
+        plan: &Plan,
         needed: usize,
-    ) -> (Vec<(Arc<str>, Option<Record>)>, Vec<ReplicaResult>) {
-        let mut order: Vec<Arc<str>> = primaries.to_vec();
-        // NOTE: the local replica answers without a network round trip, and
-        // a node gossip reports down would only cost a timeout.
+    ) -> Option<Option<Record>> {
+        if needed != 1 || !plan.local {
+            return None;
+        }
+        let record = self.read_own(ks, hash, key).ok()?;
+        if plan.primaries.len() > 1 && self.sample_background_repair() {
+            let others = plan
+                .primaries
+                .iter()
+                .filter(|p| ***p != *self.me)
+                .cloned()
+                .collect();
+            let known = vec![(self.me.clone(), record.clone())];
+            self.repair_in_background(ks, Bytes::copy_from_slice(key), known, others);
+        }
+        Some(record)
+    }
+
+    /// Starts a read of `key`: this node's replica read in place if it is a
+    /// primary, and which primaries to ask next (this node first, then
+    /// those gossip says are up: a node reported down would only cost a
+    /// timeout). A healthy read costs `r` requests, not `n`.
+    fn begin_read(
+        &self,
+        ks: KeyspaceId,
+        hash: u64,
+        key: Bytes,
+        plan: Arc<Plan>,
+        needed: usize,
+    ) -> Read {
+        let mut order: Vec<Arc<str>> = plan.primaries.clone();
         order.sort_by_cached_key(|node| {
             (
                 **node != *self.me,
                 **node != *self.me && !(self.is_up)(node),
             )
         });
-        let mut waiting = order.into_iter().peekable();
         let (mut good, mut bad) = (Vec::with_capacity(needed), Vec::new());
+        let mut rest = order.into_iter().peekable();
         // NOTE: this node's replica is read in place: no task, and no
         // encoding of the record to decode it again.
-        if let Some(me) = waiting.next_if(|node| **node == *self.me) {
-            match self.read_own(ks, hash, key) {
+        if let Some(me) = rest.next_if(|node| **node == *self.me) {
+            match self.read_own(ks, hash, &key) {
                 Ok(record) => good.push((me, record)),
                 Err(why) => bad.push((me, Err(why))),
             }
         }
+        let asked = rest
+            .by_ref()
+            .take(needed.saturating_sub(good.len()))
+            .collect();
+        Read {
+            key,
+            plan,
+            needed,
+            good,
+            bad,
+            asked,
+            rest: rest.collect(),
+        }
+    }
+
+    /// Asks the nodes in `waiting`, in order, until `needed` answered well
+    /// or none is left: one more for each that fails.
+    async fn read_rest(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        waiting: impl Iterator<Item = Arc<str>>,
+        needed: usize,
+        mut good: Vec<(Arc<str>, Option<Record>)>,
+        mut bad: Vec<ReplicaResult>,
+    ) -> (Vec<(Arc<str>, Option<Record>)>, Vec<ReplicaResult>) {
         if good.len() >= needed {
+            return (good, bad);
+        }
+        let mut waiting = waiting.peekable();
+        if waiting.peek().is_none() {
             return (good, bad);
         }
         let request = Request::Read {
@@ -89,40 +278,21 @@ impl<T: Transport> QuorumStore<T> {
         (good, bad)
     }
 
-    /// Reads `key` at `level`: the merge of the records of `r` primaries.
-    pub(super) async fn quorum_read(
+    /// Ends a read that asked what it could: the merge of what `seen` holds,
+    /// written back to the stale replicas read (and, when they disagree or
+    /// one read in `repair_every`, checked on the others in the
+    /// background); unavailable if fewer than `needed` answered.
+    async fn settle_read(
         &self,
         ks: KeyspaceId,
-        key: &[u8],
-        level: Level,
+        key: &Bytes,
+        plan: &Plan,
+        needed: usize,
+        seen: Vec<(Arc<str>, Option<Record>)>,
+        bad: Vec<ReplicaResult>,
     ) -> Result<Option<Record>, StoreError> {
-        let hash = ring::key_hash(&self.keyspaces.get(ks).name, key);
-        let plan = self.plan_hashed(ks, hash)?;
-        let needed = Self::required(level, plan.n)?;
-        if needed == 1
-            && plan.local
-            && let Ok(record) = self.read_own(ks, hash, key)
-        {
-            // NOTE: a read of one replica that this node holds needs no
-            // fan-out: it is most reads at level one, and the hot path there.
-            if plan.primaries.len() > 1 && self.sample_background_repair() {
-                let others = plan
-                    .primaries
-                    .iter()
-                    .filter(|p| ***p != *self.me)
-                    .cloned()
-                    .collect();
-                let known = vec![(self.me.clone(), record.clone())];
-                self.repair_in_background(ks, Bytes::copy_from_slice(key), known, others);
-            }
-            return Ok(record);
-        }
-        let key = &Bytes::copy_from_slice(key);
-        let (seen, bad) = self
-            .read_fan_out(ks, hash, key, &plan.primaries, needed)
-            .await;
         if seen.len() < needed {
-            return Err(Self::unavailable("read", needed, seen.len(), bad, &plan));
+            return Err(Self::unavailable("read", needed, seen.len(), bad, plan));
         }
         let merged = merge_all(&seen);
         // NOTE: replicas that disagree suggest the unread ones are stale
@@ -298,6 +468,20 @@ impl<T: Transport> Repairer<T> {
             }
         }
     }
+}
+
+/// A read under way: what answered so far, who is being asked, and who is
+/// left to ask if they fail.
+pub(super) struct Read {
+    key: Bytes,
+    plan: Arc<Plan>,
+    needed: usize,
+    good: Vec<(Arc<str>, Option<Record>)>,
+    bad: Vec<ReplicaResult>,
+    /// The replicas to ask now, one for each answer still needed.
+    asked: Vec<Arc<str>>,
+    /// The other primaries, in the order they are asked if one fails.
+    rest: Vec<Arc<str>>,
 }
 
 /// The merge (newest version) of the records `answers` hold, if any.

@@ -11,18 +11,32 @@ use crate::storage::MemoryEngine;
 use crate::version::{Hlc, ManualClock};
 
 /// Calls replicas in-process; nodes in `down` are unreachable.
-struct TestNet {
+pub(super) struct TestNet {
     from: String,
     replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
     down: Arc<parking_lot::Mutex<HashSet<String>>>,
     reads: Arc<std::sync::atomic::AtomicUsize>,
+    batches: Arc<Batches>,
+}
+
+/// What the batched reads of a test cluster did.
+#[derive(Default)]
+pub(super) struct Batches {
+    /// `Request::ReadMany`s sent.
+    pub(super) sent: std::sync::atomic::AtomicUsize,
+    /// Their answers keep only their first record, as a replica does when
+    /// the records would not fit one frame.
+    pub(super) cut_short: std::sync::atomic::AtomicBool,
 }
 
 impl Transport for TestNet {
     async fn call(&self, to: &PeerId, request: Request) -> Result<Response, NetError> {
-        if matches!(request, Request::Read { .. }) {
-            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
+        use std::sync::atomic::Ordering::SeqCst;
+        match request {
+            Request::Read { .. } => self.reads.fetch_add(1, SeqCst),
+            Request::ReadMany { .. } => self.batches.sent.fetch_add(1, SeqCst),
+            _ => 0,
+        };
         if self.down.lock().contains(to) {
             return Err(NetError::Unreachable("connection refused".into()));
         }
@@ -30,19 +44,26 @@ impl Transport for TestNet {
             .replicas
             .get(to)
             .ok_or_else(|| NetError::UnknownPeer(to.into()))?;
-        Ok(handler.handle(&self.from, request).await)
+        match handler.handle(&self.from, request).await {
+            Response::Records(mut records) if self.batches.cut_short.load(SeqCst) => {
+                records.truncate(1);
+                Ok(Response::Records(records))
+            }
+            response => Ok(response),
+        }
     }
 }
 
-struct Cluster {
-    coordinators: Vec<QuorumStore<TestNet>>,
-    down: Arc<parking_lot::Mutex<HashSet<String>>>,
-    remote_reads: Arc<std::sync::atomic::AtomicUsize>,
+pub(super) struct Cluster {
+    pub(super) coordinators: Vec<QuorumStore<TestNet>>,
+    pub(super) down: Arc<parking_lot::Mutex<HashSet<String>>>,
+    pub(super) remote_reads: Arc<std::sync::atomic::AtomicUsize>,
+    pub(super) batches: Arc<Batches>,
     /// Nodes gossip reports down (a subset of `down`, or not).
-    gossip_down: Arc<parking_lot::Mutex<HashSet<String>>>,
+    pub(super) gossip_down: Arc<parking_lot::Mutex<HashSet<String>>>,
     stores: Vec<Arc<LocalStore>>,
     hints: Vec<Arc<Hints>>,
-    replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
+    pub(super) replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
     /// Every node's wall clock (one, so tests control time).
     clock: Arc<ManualClock>,
 }
@@ -55,6 +76,7 @@ impl Cluster {
             replicas: self.replicas.clone(),
             down: self.down.clone(),
             reads: self.remote_reads.clone(),
+            batches: self.batches.clone(),
         }
     }
 
@@ -63,13 +85,13 @@ impl Cluster {
     }
 
     /// What node `name` stores for `key`.
-    fn stored(&self, name: &str, key: &[u8]) -> Option<Record> {
+    pub(super) fn stored(&self, name: &str, key: &[u8]) -> Option<Record> {
         self.stores[Self::index(name)].read_stored(0, key).unwrap()
     }
 
     /// Stores on node `i`, behind its skew guard, a version of `key` ten
     /// hours ahead of the shared clock.
-    fn plant_future_record(&self, i: usize, key: &[u8]) {
+    pub(super) fn plant_future_record(&self, i: usize, key: &[u8]) {
         let partition = ring::partition_of("default", key, 64);
         let storage_key = crate::storage::keys::encode(partition, "default", key);
         let future = Record::value(
@@ -94,7 +116,7 @@ impl Cluster {
     }
 }
 
-fn cluster(nodes: usize) -> Cluster {
+pub(super) fn cluster(nodes: usize) -> Cluster {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
     let stores: Vec<Arc<LocalStore>> = names
@@ -141,6 +163,7 @@ fn cluster(nodes: usize) -> Cluster {
     let down = Arc::new(parking_lot::Mutex::new(HashSet::new()));
     let gossip_down = Arc::new(parking_lot::Mutex::new(HashSet::new()));
     let remote_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let batches = Arc::new(Batches::default());
     let coordinators = names
         .iter()
         .zip(&stores)
@@ -151,6 +174,7 @@ fn cluster(nodes: usize) -> Cluster {
                 replicas: replicas.clone(),
                 down: down.clone(),
                 reads: remote_reads.clone(),
+                batches: batches.clone(),
             };
             let config = QuorumConfig {
                 node_name: name.clone(),
@@ -168,6 +192,7 @@ fn cluster(nodes: usize) -> Cluster {
         coordinators,
         down,
         remote_reads,
+        batches,
         gossip_down,
         stores,
         hints,
@@ -176,7 +201,7 @@ fn cluster(nodes: usize) -> Cluster {
     }
 }
 
-fn set(value: &'static [u8]) -> WriteCmd {
+pub(super) fn set(value: &'static [u8]) -> WriteCmd {
     WriteCmd::Set {
         value: Bytes::from_static(value),
         expiry: ExpiryUpdate::Clear,
@@ -184,7 +209,7 @@ fn set(value: &'static [u8]) -> WriteCmd {
     }
 }
 
-fn levels(read: Level, write: Level) -> Consistency {
+pub(super) fn levels(read: Level, write: Level) -> Consistency {
     Consistency {
         read,
         write,
@@ -192,7 +217,7 @@ fn levels(read: Level, write: Level) -> Consistency {
     }
 }
 
-const QUORUM: Consistency = Consistency {
+pub(super) const QUORUM: Consistency = Consistency {
     read: Level::Quorum,
     write: Level::Quorum,
     sloppy: false,
@@ -264,6 +289,7 @@ fn lone_coordinator(engine: Arc<CountingEngine>) -> (QuorumStore<TestNet>, Arc<L
         replicas: Arc::new(HashMap::new()),
         down: Default::default(),
         reads: Default::default(),
+        batches: Default::default(),
     };
     let layout = Layout::initial(64, vec![NodeSpec::new("n1")]).unwrap();
     let config = QuorumConfig {

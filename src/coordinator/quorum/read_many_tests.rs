@@ -1,0 +1,215 @@
+//! Batched reads (`get_many`, one `ReadMany` per replica): every key reads
+//! as a single read of it would, whatever the replicas do.
+
+use std::sync::atomic::Ordering::SeqCst;
+
+use super::tests::{QUORUM, cluster, levels, set};
+use super::*;
+use crate::coordinator::{ExpiryUpdate, SetCondition};
+
+fn keys(count: usize) -> Vec<Bytes> {
+    (0..count).map(|i| Bytes::from(format!("k{i}"))).collect()
+}
+
+/// The values `get_many` gives, and the errors as text.
+async fn many(
+    store: &QuorumStore<super::tests::TestNet>,
+    keys: &[Bytes],
+    consistency: Consistency,
+) -> Vec<Result<Option<Bytes>, String>> {
+    store
+        .get_many(0, keys, consistency)
+        .await
+        .into_iter()
+        .map(|entry| entry.map(|e| e.map(|e| e.value)).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The values single `get`s give, key by key.
+async fn singles(
+    store: &QuorumStore<super::tests::TestNet>,
+    keys: &[Bytes],
+    consistency: Consistency,
+) -> Vec<Result<Option<Bytes>, String>> {
+    let mut out = Vec::new();
+    for key in keys {
+        let entry = store.get(0, key, consistency).await;
+        out.push(entry.map(|e| e.map(|e| e.value)).map_err(|e| e.to_string()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_batched_read_gives_what_single_reads_give_through_every_node_and_level() {
+    // NOTE: five nodes and n = 3: a coordinator holds some keys and not
+    // others, and the remote replicas differ from key to key.
+    let c = cluster(5);
+    let keys = keys(60);
+    for (i, key) in keys.iter().enumerate().filter(|(i, _)| i % 4 != 0) {
+        let value = Bytes::from(format!("v{i}"));
+        let cmd = WriteCmd::Set {
+            value,
+            expiry: ExpiryUpdate::Clear,
+            condition: SetCondition::Always,
+        };
+        c.coordinators[i % 5]
+            .write(0, key, cmd, QUORUM)
+            .await
+            .unwrap();
+    }
+    for level in [Level::One, Level::Quorum, Level::All] {
+        for coordinator in &c.coordinators {
+            let consistency = levels(level, level);
+            let before = c.batches.sent.load(SeqCst);
+            c.remote_reads.store(0, SeqCst);
+            let got = many(coordinator, &keys, consistency).await;
+            let sent = c.batches.sent.load(SeqCst) - before;
+            assert_eq!(
+                c.remote_reads.load(SeqCst),
+                0,
+                "no key was read alone at {level}"
+            );
+            assert!(sent <= 4, "one request per other node at most: {sent}");
+            assert_eq!(got, singles(coordinator, &keys, consistency).await);
+            for (i, value) in got.iter().enumerate() {
+                let want = (i % 4 != 0).then(|| Bytes::from(format!("v{i}")));
+                assert_eq!(value.as_ref().unwrap(), &want, "k{i} at {level}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batched_read_asks_the_next_primary_for_a_replica_that_fails() {
+    let c = cluster(3);
+    let keys = keys(20);
+    for key in &keys {
+        c.coordinators[0]
+            .write(0, key, set(b"v"), QUORUM)
+            .await
+            .unwrap();
+    }
+    let v = || Ok(Some(Bytes::from_static(b"v")));
+    // n2 unreachable (gossip has not noticed): every key asks n3 alone.
+    c.down.lock().insert("n2".into());
+    let got = many(&c.coordinators[0], &keys, QUORUM).await;
+    assert!(got.iter().all(|value| *value == v()), "{got:?}");
+    let all = levels(Level::All, Level::All);
+    for value in many(&c.coordinators[0], &keys, all).await {
+        let why = value.unwrap_err();
+        assert!(why.contains("n2: unreachable"), "{why}");
+    }
+    // n2 and n3 down: quorum fails for every key, with the causes.
+    c.down.lock().insert("n3".into());
+    for value in many(&c.coordinators[0], &keys, QUORUM).await {
+        let why = value.unwrap_err();
+        assert!(why.contains("needed 2 replicas, 1 answered"), "{why}");
+        assert!(why.contains("n2") && why.contains("n3"), "{why}");
+    }
+    // n2 back, holding a version too far ahead for one key: that key's
+    // answer does not count and n3 (back too) is asked instead.
+    c.down.lock().clear();
+    c.plant_future_record(1, b"k7");
+    let got = many(&c.coordinators[0], &keys, QUORUM).await;
+    assert!(got.iter().all(|value| *value == v()), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_short_batched_answer_has_the_rest_asked_alone() {
+    let c = cluster(3);
+    let keys = keys(10);
+    for key in &keys {
+        c.coordinators[0]
+            .write(0, key, set(b"v"), QUORUM)
+            .await
+            .unwrap();
+    }
+    c.batches.cut_short.store(true, SeqCst);
+    c.remote_reads.store(0, SeqCst);
+    let before = c.batches.sent.load(SeqCst);
+    let got = many(&c.coordinators[0], &keys, QUORUM).await;
+    let sent = c.batches.sent.load(SeqCst) - before;
+    assert!(
+        got.iter()
+            .all(|value| *value == Ok(Some(Bytes::from_static(b"v")))),
+        "{got:?}"
+    );
+    assert!(sent >= 1);
+    assert_eq!(
+        c.remote_reads.load(SeqCst),
+        keys.len() - sent,
+        "each batch answered its first key; the others are read alone"
+    );
+}
+
+#[tokio::test]
+async fn a_batched_read_repairs_the_stale_replicas_it_read() {
+    let c = cluster(3);
+    let keys = keys(10);
+    c.down.lock().insert("n2".into());
+    for key in &keys {
+        c.coordinators[0]
+            .write(0, key, set(b"new"), QUORUM)
+            .await
+            .unwrap();
+    }
+    c.down.lock().clear();
+    // n2 missed every write; a batched read through n2 at `all` writes the
+    // newer versions back to it before answering.
+    let all = levels(Level::All, Level::All);
+    let got = many(&c.coordinators[1], &keys, all).await;
+    assert!(
+        got.iter()
+            .all(|value| *value == Ok(Some(Bytes::from_static(b"new")))),
+        "{got:?}"
+    );
+    for key in &keys {
+        let held = c.stored("n2", key).expect("n2 was repaired");
+        assert_eq!(held.live_value(0).unwrap(), "new");
+    }
+}
+
+#[tokio::test]
+async fn a_replica_answers_a_batch_in_order_within_one_frame() {
+    let c = cluster(3);
+    let big = Bytes::from(vec![
+        b'x';
+        crate::coordinator::replica::READ_MANY_BYTES / 2 + 1
+    ]);
+    for key in ["a", "b", "c"] {
+        let cmd = WriteCmd::Set {
+            value: big.clone(),
+            expiry: ExpiryUpdate::Clear,
+            condition: SetCondition::Always,
+        };
+        c.coordinators[0]
+            .write(0, key.as_bytes(), cmd, QUORUM)
+            .await
+            .unwrap();
+    }
+    let ask = |keys: &[&'static str]| Request::ReadMany {
+        keyspace: "default".into(),
+        keys: keys
+            .iter()
+            .map(|k| Bytes::from_static(k.as_bytes()))
+            .collect(),
+    };
+    let handler = &c.replicas["n2"];
+    let Response::Records(records) = handler.handle("n1", ask(&["zz", "a", "b", "c"])).await else {
+        panic!("not records");
+    };
+    assert_eq!(records.len(), 2, "a missing key, then one big record fits");
+    assert!(records[0].is_none());
+    let first = Record::decode(records[1].clone().unwrap()).unwrap();
+    assert_eq!(first.live_value(0).unwrap(), &big);
+    let Response::Records(records) = handler.handle("n1", ask(&["c", "b"])).await else {
+        panic!("not records");
+    };
+    assert_eq!(records.len(), 1, "a first record always goes, alone if big");
+    let unknown = Request::ReadMany {
+        keyspace: "nope".into(),
+        keys: vec![Bytes::from_static(b"a")],
+    };
+    let answer = handler.handle("n1", unknown).await;
+    assert!(matches!(answer, Response::Error(why) if why.contains("unknown keyspace")));
+}
