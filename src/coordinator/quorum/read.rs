@@ -72,24 +72,46 @@ impl<T: Transport> QuorumStore<T> {
         }
         if !reads.is_empty() {
             self.ask_batched(name, &mut reads).await;
-            let settled = reads.into_iter().map(|(index, read)| async move {
+            // NOTE: most reads end here, answered and agreeing: no future
+            // for them, only for those that must ask on or repair.
+            let (mut asking, mut repairing) = (Vec::new(), Vec::new());
+            for (index, read) in reads {
+                if read.good.len() < read.needed {
+                    asking.push((index, read));
+                    continue;
+                }
+                let (plan, needed) = (&read.plan, read.needed);
+                match self.conclude(ks, &read.key, plan, needed, read.good, read.bad) {
+                    Ok((Some(merged), Some(seen))) => {
+                        repairing.push((index, read.key, merged, seen))
+                    }
+                    Ok((merged, _)) => done[index] = Some(Ok(merged)),
+                    Err(e) => done[index] = Some(Err(e)),
+                }
+            }
+            let asked = asking.into_iter().map(|(index, read)| async move {
                 let needed = read.needed;
+                let (key, rest) = (&read.key, read.rest.into_iter());
                 let (seen, bad) = self
-                    .read_rest(
-                        ks,
-                        &read.key,
-                        read.rest.into_iter(),
-                        needed,
-                        read.good,
-                        read.bad,
-                    )
+                    .read_rest(ks, key, rest, needed, read.good, read.bad)
                     .await;
                 let result = self
-                    .settle_read(ks, &read.key, &read.plan, needed, seen, bad)
+                    .settle_read(ks, key, &read.plan, needed, seen, bad)
                     .await;
                 (index, result)
             });
-            for (index, result) in futures_util::future::join_all(settled).await {
+            let repaired = repairing
+                .into_iter()
+                .map(|(index, key, merged, seen)| async move {
+                    self.read_repair(ks, &key, &merged, seen).await;
+                    (index, Ok(Some(merged)))
+                });
+            let (asked, repaired) = futures_util::future::join(
+                futures_util::future::join_all(asked),
+                futures_util::future::join_all(repaired),
+            )
+            .await;
+            for (index, result) in asked.into_iter().chain(repaired) {
                 done[index] = Some(result);
             }
         }
@@ -278,10 +300,8 @@ impl<T: Transport> QuorumStore<T> {
         (good, bad)
     }
 
-    /// Ends a read that asked what it could: the merge of what `seen` holds,
-    /// written back to the stale replicas read (and, when they disagree or
-    /// one read in `repair_every`, checked on the others in the
-    /// background); unavailable if fewer than `needed` answered.
+    /// Ends a read that asked what it could: [`Self::conclude`], then the
+    /// merged record written back to the stale replicas read.
     async fn settle_read(
         &self,
         ks: KeyspaceId,
@@ -291,6 +311,27 @@ impl<T: Transport> QuorumStore<T> {
         seen: Vec<(Arc<str>, Option<Record>)>,
         bad: Vec<ReplicaResult>,
     ) -> Result<Option<Record>, StoreError> {
+        let (merged, stale) = self.conclude(ks, key, plan, needed, seen, bad)?;
+        if let (Some(merged), Some(seen)) = (&merged, stale) {
+            self.read_repair(ks, key, merged, seen).await;
+        }
+        Ok(merged)
+    }
+
+    /// The merge of what `seen` holds, and `seen` again if a replica in it
+    /// holds something older (for read repair to write the merge back to
+    /// it); unavailable if fewer than `needed` answered. When the replicas
+    /// read disagree, or one read in `repair_every`, the primaries not read
+    /// are checked in the background.
+    fn conclude(
+        &self,
+        ks: KeyspaceId,
+        key: &Bytes,
+        plan: &Plan,
+        needed: usize,
+        seen: Vec<(Arc<str>, Option<Record>)>,
+        bad: Vec<ReplicaResult>,
+    ) -> Result<Concluded, StoreError> {
         if seen.len() < needed {
             return Err(Self::unavailable("read", needed, seen.len(), bad, plan));
         }
@@ -301,29 +342,21 @@ impl<T: Transport> QuorumStore<T> {
         let disagree = seen
             .iter()
             .any(|(_, record)| record.as_ref() != merged.as_ref());
-        let background = (seen.len() < plan.primaries.len()
-            && (disagree || self.sample_background_repair()))
-        .then(|| {
+        if seen.len() < plan.primaries.len() && (disagree || self.sample_background_repair()) {
             let unread: Vec<Arc<str>> = plan
                 .primaries
                 .iter()
                 .filter(|p| !seen.iter().any(|(node, _)| node == *p))
                 .cloned()
                 .collect();
-            // NOTE: the replicas read hold `merged` once repaired below.
+            // NOTE: the replicas read hold `merged` once read repair ran.
             let known: Vec<(Arc<str>, Option<Record>)> = seen
                 .iter()
                 .map(|(node, _)| (node.clone(), merged.clone()))
                 .collect();
-            (known, unread)
-        });
-        if let Some(merged) = &merged {
-            self.read_repair(ks, key, merged, seen).await;
-        }
-        if let Some((known, unread)) = background {
             self.repair_in_background(ks, key.clone(), known, unread);
         }
-        Ok(merged)
+        Ok((merged, disagree.then_some(seen)))
     }
 
     /// This node's replica of `key` (whose [`ring::key_hash`] is `hash`),
@@ -469,6 +502,10 @@ impl<T: Transport> Repairer<T> {
         }
     }
 }
+
+/// What a read concluded: the merged record, and the replicas it read if
+/// some of them need it written back.
+type Concluded = (Option<Record>, Option<Vec<(Arc<str>, Option<Record>)>>);
 
 /// A read under way: what answered so far, who is being asked, and who is
 /// left to ask if they fail.
