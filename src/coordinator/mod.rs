@@ -241,6 +241,24 @@ pub trait Store: Send + Sync + 'static {
         consistency: Consistency,
     ) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
 
+    /// Applies each of `writes` as [`Store::write`] would, stamped in order
+    /// (a key written twice ends with its later write); a cluster sends the
+    /// replica writes that go to one node together.
+    fn write_many(
+        &self,
+        ks: KeyspaceId,
+        writes: Vec<(Bytes, WriteCmd)>,
+        consistency: Consistency,
+    ) -> impl Future<Output = Vec<Result<WriteOutcome, StoreError>>> + Send {
+        async move {
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for (key, cmd) in writes {
+                outcomes.push(self.write(ks, &key, cmd, consistency).await);
+            }
+            outcomes
+        }
+    }
+
     /// Number of keys in the keyspace.
     fn dbsize(&self, ks: KeyspaceId) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

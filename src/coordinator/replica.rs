@@ -92,12 +92,33 @@ impl ReplicaHandler {
             .ok_or_else(|| format!("unknown keyspace {name:?} on this node"))
     }
 
-    async fn write(&self, keyspace: &str, key: &Bytes, record: Bytes) -> Result<(), String> {
+    /// Merges each of `writes`, then commits them all at once: the outcome
+    /// of each (`None` when merged), or why none could be.
+    async fn write_many(
+        &self,
+        keyspace: &str,
+        writes: Vec<(Bytes, Bytes)>,
+    ) -> Result<Vec<Option<String>>, String> {
         let ks = self.keyspace(keyspace)?;
+        let outcomes = writes
+            .into_iter()
+            .map(|(key, record)| self.merge(ks, &key, record).err())
+            .collect();
+        tokio::task::yield_now().await;
+        self.store.commit().await.map_err(|e| e.to_string())?;
+        Ok(outcomes)
+    }
+
+    fn merge(&self, ks: KeyspaceId, key: &[u8], record: Bytes) -> Result<(), String> {
         let record = Record::decode(record).map_err(|e| e.to_string())?;
         self.store
             .merge_stored(ks, key, record)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    async fn write(&self, keyspace: &str, key: &Bytes, record: Bytes) -> Result<(), String> {
+        let ks = self.keyspace(keyspace)?;
+        self.merge(ks, key, record)?;
         // NOTE: let the other writes that arrived with this one apply first
         // (a peer's frames come in batches; this yield makes each write its
         // own task and lets the peer server read on), so
@@ -150,6 +171,10 @@ impl Handler for ReplicaHandler {
             Request::ReadMany { keyspace, keys } => {
                 self.read_many(&keyspace, &keys).map(Response::Records)
             }
+            Request::WriteMany { keyspace, writes } => self
+                .write_many(&keyspace, writes)
+                .await
+                .map(Response::Outcomes),
             Request::Write {
                 keyspace,
                 key,

@@ -21,7 +21,8 @@ use super::{NetError, Request, Response};
 // serving with two layouts. 3: records carry microsecond HLC timestamps
 // (record format 2, anti-entropy key digests compare them raw), which a
 // version-2 node can neither decode nor order against its own. 4 added
-// `Request::ReadMany`, which a version-3 node would answer with an error.
+// `Request::ReadMany` and `Request::WriteMany`, which a version-3 node would
+// answer with an error.
 pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Length of a handshake nonce.

@@ -86,6 +86,15 @@ pub enum Request {
         /// User keys.
         keys: Vec<Bytes>,
     },
+    /// Merge each encoded record into the replica, as [`Request::Write`]
+    /// does one, then commit once: a coordinator's replica writes of one
+    /// pipelined run (or MSET) that go to the same replica.
+    WriteMany {
+        /// Keyspace name.
+        keyspace: String,
+        /// Each user key and its encoded record, in stamping order.
+        writes: Vec<(Bytes, Bytes)>,
+    },
 }
 
 /// A replica's answer.
@@ -106,6 +115,10 @@ pub enum Response {
     /// request order. Shorter than the request when the records would not
     /// fit one frame; the coordinator asks for the rest again.
     Records(Vec<Option<Bytes>>),
+    /// Answer to [`Request::WriteMany`], one per write in request order:
+    /// `None` when merged (and as durable as [`Response::Written`] says),
+    /// else why the replica refused it.
+    Outcomes(Vec<Option<String>>),
 }
 
 /// Why a call got no answer.

@@ -45,7 +45,9 @@ impl Handler for TestHandler {
                 Response::Record(Some(key))
             }
             Request::Write { .. } | Request::Hint { .. } => Response::Written,
-            Request::Aae(_) | Request::ReadMany { .. } => Response::Error("not served".into()),
+            Request::Aae(_) | Request::ReadMany { .. } | Request::WriteMany { .. } => {
+                Response::Error("not served".into())
+            }
         }
     }
 }

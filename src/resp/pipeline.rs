@@ -14,6 +14,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::Cmd;
 use super::command::is;
 
 /// The most commands one run holds.
@@ -38,9 +39,20 @@ fn access(args: &[Bytes]) -> Option<(&Bytes, Access)> {
     }
 }
 
-/// True for `GET key`: a run of only these is read as one batch of keys.
-pub(crate) fn is_plain_get(args: &[Bytes]) -> bool {
-    matches!(args, [name, _key] if is(name, "GET"))
+/// The command every command of a run is in its plain form (`GET key`, or
+/// `SET key value` with no option), if they all are: such a run is read or
+/// written as one batch of keys.
+pub(crate) fn plain_kind(commands: &[Vec<Bytes>]) -> Option<Cmd> {
+    let kind = |args: &Vec<Bytes>| match args.as_slice() {
+        [name, _key] if is(name, "GET") => Some(Cmd::Get),
+        [name, _key, _value] if is(name, "SET") => Some(Cmd::Set),
+        _ => None,
+    };
+    let first = kind(commands.first()?)?;
+    commands[1..]
+        .iter()
+        .all(|args| kind(args) == Some(first))
+        .then_some(first)
 }
 
 /// The commands of a run being built, and how the run touches their keys.

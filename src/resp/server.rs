@@ -416,8 +416,8 @@ async fn run_batch<S: Store>(
                     // NOTE: a run of one (every unpipelined request) needs no
                     // session copy and no boxed future.
                     run_one(shared, session, only, batch).await;
-                } else if commands.iter().all(|args| pipeline::is_plain_get(args)) {
-                    run_gets(shared, session, &commands, batch).await;
+                } else if let Some(kind) = pipeline::plain_kind(&commands) {
+                    run_plain(shared, session, kind, &commands, batch).await;
                 } else {
                     run_concurrently(shared, session, &commands, batch).await;
                 }
@@ -558,12 +558,13 @@ async fn run_concurrently<S: Store>(
     encode_run(shared, session, first, started.elapsed(), replies, batch);
 }
 
-/// Runs a run of plain `GET key`s as one read of many keys (a cluster sends
-/// the reads that go to one replica together) and encodes their replies in
-/// request order.
-async fn run_gets<S: Store>(
+/// Runs a run of plain `GET key`s or `SET key value`s (`kind`) as one read
+/// or write of many keys (a cluster sends those going to one replica
+/// together) and encodes their replies in request order.
+async fn run_plain<S: Store>(
     shared: &Arc<Shared<S>>,
     session: &mut Session,
+    kind: Cmd,
     commands: &[Vec<Bytes>],
     batch: &mut Batch<'_>,
 ) {
@@ -573,8 +574,12 @@ async fn run_gets<S: Store>(
         .fetch_add(commands.len() as u64, Ordering::Relaxed);
     let first = session.commands;
     session.commands += commands.len() as u64;
-    let replies = string_cmds::get_run(&mut Cx { shared, session }, commands).await;
-    let replies = replies.into_iter().map(|reply| (Some(Cmd::Get), reply));
+    let mut cx = Cx { shared, session };
+    let replies = match kind {
+        Cmd::Set => string_cmds::set_run(&mut cx, commands).await,
+        _ => string_cmds::get_run(&mut cx, commands).await,
+    };
+    let replies = replies.into_iter().map(|reply| (Some(kind), reply));
     encode_run(shared, session, first, started.elapsed(), replies, batch);
 }
 

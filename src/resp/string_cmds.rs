@@ -4,7 +4,6 @@
 //! positions they index exist.
 
 use bytes::Bytes;
-use futures_util::future::try_join_all;
 
 use super::Cmd;
 use super::command::{CmdError, Cx, Reply, is, parse_i64};
@@ -109,6 +108,48 @@ pub(crate) async fn get_run<S: Store>(cx: &mut Cx<'_, S>, commands: &[Vec<Bytes>
             // NOTE: get_many answers every key it was given, in order.
             let entry = key.and_then(|_| Ok(entries.next().expect("an entry per key")?));
             entry.map_or_else(|e| Frame::Error(e.0), |e| bulk_or_null(e.map(|e| e.value)))
+        })
+        .collect()
+}
+
+/// The replies of a pipelined run of plain `SET key value`s, in request
+/// order, each as [`set`] answers it: the writes are stamped in order and
+/// go together ([`Store::write_many`]: a cluster sends the replica writes
+/// that go to one node as one request).
+pub(crate) async fn set_run<S: Store>(cx: &mut Cx<'_, S>, commands: &[Vec<Bytes>]) -> Vec<Frame> {
+    let expiry = default_expiry(cx);
+    let checked: Vec<Result<(Bytes, WriteCmd), CmdError>> = commands
+        .iter()
+        .map(|args| {
+            let key = cx.check_key(&args[1])?.clone();
+            let value = cx.check_value(&args[2])?.clone();
+            let condition = SetCondition::Always;
+            Ok((
+                key,
+                WriteCmd::Set {
+                    value,
+                    expiry,
+                    condition,
+                },
+            ))
+        })
+        .collect();
+    let writes = checked.iter().filter_map(|w| w.clone().ok()).collect();
+    let mut outcomes = cx
+        .store()
+        .write_many(cx.session.keyspace, writes, cx.session.consistency)
+        .await
+        .into_iter();
+    checked
+        .into_iter()
+        .map(|write| {
+            // NOTE: write_many answers every write it was given, in order.
+            let outcome = write.and_then(|_| Ok(outcomes.next().expect("an outcome per write")?));
+            match outcome {
+                Ok(outcome) if outcome.applied => Frame::ok(),
+                Ok(_) => Frame::Null,
+                Err(e) => Frame::Error(e.0),
+            }
         })
         .collect()
 }
@@ -277,17 +318,22 @@ pub(crate) async fn mset<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply 
     }
     let expiry = default_expiry(cx);
     let (store, ks, levels) = (cx.store(), cx.session.keyspace, cx.session.consistency);
-    // NOTE: writes are stamped in argument order before their first await,
-    // so a key given twice ends with its last value, as in Redis.
-    try_join_all(pairs.chunks_exact(2).map(|pair| {
-        let write = WriteCmd::Set {
-            value: pair[1].clone(),
-            expiry,
-            condition: SetCondition::Always,
-        };
-        store.write(ks, &pair[0], write, levels)
-    }))
-    .await?;
+    // NOTE: writes are stamped in argument order, so a key given twice ends
+    // with its last value, as in Redis.
+    let writes = pairs
+        .chunks_exact(2)
+        .map(|pair| {
+            let write = WriteCmd::Set {
+                value: pair[1].clone(),
+                expiry,
+                condition: SetCondition::Always,
+            };
+            (pair[0].clone(), write)
+        })
+        .collect();
+    for outcome in store.write_many(ks, writes, levels).await {
+        outcome?;
+    }
     Ok(Frame::ok())
 }
 

@@ -195,6 +195,42 @@ async fn a_pipelined_run_of_gets_answers_every_key_in_order() {
     }
 }
 
+/// A pipelined run of SETs is written as one batch per replica: with a
+/// node killed every write is acknowledged and hinted, and once the node
+/// returns the hints bring it every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_run_of_sets_is_hinted_for_a_killed_node_which_converges() {
+    let mut cluster = TestCluster::start_with_engine(3, "fjall");
+    cluster.kill(2);
+    let keys: Vec<String> = (0..300).map(|i| format!("batched-{i}")).collect();
+    let mut c = cluster.node(0).conn().await;
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("SET").arg(key).arg(format!("{key}-v"));
+    }
+    let replies: Vec<Value> = pipe.query_async(&mut c).await.expect("writes");
+    assert!(replies.iter().all(|r| *r == Value::Okay), "{replies:?}");
+    cluster.restart(2);
+    let took = crate::handoff::wait_converged(&mut c, &keys, std::time::Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|(key, replicas)| panic!("{key} did not converge: {replicas:?}"));
+    eprintln!("every batched write reached node3 {took:?} after its restart");
+    let mut node3 = cluster.node(2).conn().await;
+    let () = redis::cmd("CONSISTENCY")
+        .arg("READ")
+        .arg("one")
+        .query_async(&mut node3)
+        .await
+        .expect("consistency");
+    let got: Vec<String> = redis::cmd("MGET")
+        .arg(&keys)
+        .query_async(&mut node3)
+        .await
+        .expect("mget");
+    let want: Vec<String> = keys.iter().map(|k| format!("{k}-v")).collect();
+    assert_eq!(got, want, "node3's own replica holds every key");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_key_commands_fan_out_with_redis_semantics() {
     let cluster = TestCluster::start_with_engine(3, "memory");

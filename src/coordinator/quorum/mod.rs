@@ -40,12 +40,13 @@ use crate::ring::{self, Layout};
 use crate::version::{NodeId, Record, Version};
 use write::is_blind;
 
-mod read;
 #[cfg(test)]
-mod read_many_tests;
+mod batch_tests;
+mod read;
 #[cfg(test)]
 mod tests;
 mod write;
+mod write_many;
 
 /// Why a quorum was not reached: what was needed, what answered, and why
 /// each other replica did not.
@@ -458,6 +459,23 @@ impl<T: Transport> Store for QuorumStore<T> {
             applied: true,
             previous,
         })
+    }
+
+    async fn write_many(
+        &self,
+        ks: KeyspaceId,
+        writes: Vec<(Bytes, WriteCmd)>,
+        consistency: Consistency,
+    ) -> Vec<Result<WriteOutcome, StoreError>> {
+        if consistency.sloppy || !writes.iter().all(|(_, cmd)| is_blind(cmd)) {
+            // NOTE: blind writes are stamped in order on their first poll,
+            // before any await, as join_all polls them.
+            let each = writes
+                .iter()
+                .map(|(key, cmd)| self.write(ks, key, cmd.clone(), consistency));
+            return futures_util::future::join_all(each).await;
+        }
+        self.quorum_write_many(ks, writes, consistency.write).await
     }
 
     async fn dbsize(&self, ks: KeyspaceId) -> Result<u64, StoreError> {

@@ -62,7 +62,7 @@ pub(super) struct Cluster {
     /// Nodes gossip reports down (a subset of `down`, or not).
     pub(super) gossip_down: Arc<parking_lot::Mutex<HashSet<String>>>,
     stores: Vec<Arc<LocalStore>>,
-    hints: Vec<Arc<Hints>>,
+    pub(super) hints: Vec<Arc<Hints>>,
     pub(super) replicas: Arc<HashMap<String, Arc<ReplicaHandler>>>,
     /// Every node's wall clock (one, so tests control time).
     clock: Arc<ManualClock>,
@@ -70,7 +70,7 @@ pub(super) struct Cluster {
 
 impl Cluster {
     /// A transport from node `i`, as hint delivery uses it.
-    fn net_from(&self, i: usize) -> TestNet {
+    pub(super) fn net_from(&self, i: usize) -> TestNet {
         TestNet {
             from: format!("n{}", i + 1),
             replicas: self.replicas.clone(),
@@ -109,7 +109,7 @@ impl Cluster {
     }
 
     /// Lets background replica writes and hinting finish.
-    async fn settle(&self) {
+    pub(super) async fn settle(&self) {
         for _ in 0..50 {
             tokio::task::yield_now().await;
         }

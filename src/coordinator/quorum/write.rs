@@ -143,12 +143,12 @@ impl<T: Transport> QuorumStore<T> {
     /// handing each answer to `settle`: in place for those already in, in a
     /// background task for the rest, or before returning when too many
     /// writes are still reaching their last replicas.
-    pub(super) async fn finish_late<Call>(
+    pub(super) async fn finish_late<Call, Answer>(
         &self,
         mut calls: FuturesUnordered<Call>,
-        settle: impl Fn(WriteResult) + Send + 'static,
+        settle: impl Fn(Answer) + Send + 'static,
     ) where
-        Call: std::future::Future<Output = WriteResult> + Send + 'static,
+        Call: std::future::Future<Output = Answer> + Send + 'static,
     {
         // NOTE: answers that came with the last acknowledgement (common in
         // a pipeline) need no background task.

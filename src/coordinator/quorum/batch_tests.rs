@@ -1,5 +1,6 @@
-//! Batched reads (`get_many`, one `ReadMany` per replica): every key reads
-//! as a single read of it would, whatever the replicas do.
+//! Batched reads and writes (`get_many` and `write_many`, one `ReadMany` or
+//! `WriteMany` per replica): every key reads and writes as a single read or
+//! write of it would, whatever the replicas do.
 
 use std::sync::atomic::Ordering::SeqCst;
 
@@ -209,6 +210,144 @@ async fn a_replica_answers_a_batch_in_order_within_one_frame() {
     let unknown = Request::ReadMany {
         keyspace: "nope".into(),
         keys: vec![Bytes::from_static(b"a")],
+    };
+    let answer = handler.handle("n1", unknown).await;
+    assert!(matches!(answer, Response::Error(why) if why.contains("unknown keyspace")));
+}
+
+fn set_of(value: &str) -> WriteCmd {
+    WriteCmd::Set {
+        value: Bytes::from(value.to_owned()),
+        expiry: ExpiryUpdate::Clear,
+        condition: SetCondition::Always,
+    }
+}
+
+/// `write_many`'s outcomes: applied, or the error as text.
+async fn write_many(
+    store: &QuorumStore<super::tests::TestNet>,
+    writes: Vec<(Bytes, WriteCmd)>,
+    consistency: Consistency,
+) -> Vec<Result<bool, String>> {
+    store
+        .write_many(0, writes, consistency)
+        .await
+        .into_iter()
+        .map(|outcome| outcome.map(|o| o.applied).map_err(|e| e.to_string()))
+        .collect()
+}
+
+#[tokio::test]
+async fn batched_writes_reach_every_replica_and_the_last_write_of_a_key_wins() {
+    let c = cluster(5);
+    let keys = keys(40);
+    for (round, coordinator) in c.coordinators.iter().enumerate() {
+        // NOTE: every key twice in one batch: the later value must win.
+        let mut writes: Vec<(Bytes, WriteCmd)> = Vec::new();
+        for key in &keys {
+            writes.push((key.clone(), set_of("stale")));
+        }
+        for key in &keys {
+            writes.push((key.clone(), set_of(&format!("r{round}"))));
+        }
+        let outcomes = write_many(coordinator, writes, QUORUM).await;
+        assert!(outcomes.iter().all(|o| *o == Ok(true)), "{outcomes:?}");
+        c.settle().await;
+        let all = levels(Level::All, Level::All);
+        for reader in &c.coordinators {
+            let got = many(reader, &keys, all).await;
+            let want = Ok(Some(Bytes::from(format!("r{round}"))));
+            assert!(
+                got.iter().all(|value| *value == want),
+                "round {round}: {got:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_batched_write_hints_an_unreachable_primary_and_fails_like_a_single_one() {
+    let c = cluster(3);
+    let keys = keys(12);
+    let writes = |value: &str| -> Vec<(Bytes, WriteCmd)> {
+        keys.iter().map(|k| (k.clone(), set_of(value))).collect()
+    };
+    c.down.lock().insert("n3".into());
+    let outcomes = write_many(&c.coordinators[0], writes("v"), QUORUM).await;
+    assert!(outcomes.iter().all(|o| *o == Ok(true)), "{outcomes:?}");
+    c.settle().await;
+    assert_eq!(
+        c.hints[0].queues()["n3"].hints,
+        keys.len() as u64,
+        "the coordinator keeps a hint of every write for n3"
+    );
+    // At `all` each write fails, saying it may have been applied.
+    let all = levels(Level::All, Level::All);
+    for outcome in write_many(&c.coordinators[0], writes("w"), all).await {
+        let why = outcome.unwrap_err();
+        assert!(why.contains("needed 3 replicas, 2 answered"), "{why}");
+        assert!(why.contains("n3: unreachable"), "{why}");
+        assert!(why.contains("may have been applied"), "{why}");
+    }
+    // Two primaries down: the quorum fails for every write.
+    c.down.lock().insert("n2".into());
+    for outcome in write_many(&c.coordinators[0], writes("x"), QUORUM).await {
+        let why = outcome.unwrap_err();
+        assert!(why.contains("needed 2 replicas, 1 answered"), "{why}");
+    }
+    // Back: the hints deliver the newest value to n3.
+    c.down.lock().clear();
+    let net = c.net_from(0);
+    c.hints[0].deliver("n3", &net, 1000).await.unwrap();
+    for key in &keys {
+        assert_eq!(c.stored("n3", key), c.stored("n1", key));
+        assert_eq!(c.stored("n3", key).unwrap().live_value(0).unwrap(), "x");
+    }
+}
+
+#[tokio::test]
+async fn a_replica_merges_each_write_of_a_batch_and_refuses_the_bad_ones() {
+    let c = cluster(3);
+    let record = |ms: u64, value: &'static [u8]| {
+        let version = Version {
+            timestamp: crate::version::Timestamp::from_ms(ms),
+            node: 7,
+        };
+        Record::value(version, Bytes::from_static(value), None).encode()
+    };
+    let request = Request::WriteMany {
+        keyspace: "default".into(),
+        writes: vec![
+            (Bytes::from_static(b"a"), record(1_000_000, b"1")),
+            (
+                Bytes::from_static(b"b"),
+                Bytes::from_static(b"not a record"),
+            ),
+            (Bytes::from_static(b"a"), record(1_000_001, b"2")),
+            (
+                Bytes::from_static(b"c"),
+                record(1_000_000 + 36_000_000, b"future"),
+            ),
+        ],
+    };
+    let handler = &c.replicas["n2"];
+    let Response::Outcomes(outcomes) = handler.handle("n1", request).await else {
+        panic!("not outcomes");
+    };
+    assert_eq!(outcomes.len(), 4);
+    assert!(
+        outcomes[0].is_none() && outcomes[2].is_none(),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[1].is_some() && outcomes[3].is_some(),
+        "{outcomes:?}"
+    );
+    assert_eq!(c.stored("n2", b"a").unwrap().live_value(0).unwrap(), "2");
+    assert_eq!(c.stored("n2", b"c"), None, "too far ahead of the clock");
+    let unknown = Request::WriteMany {
+        keyspace: "nope".into(),
+        writes: vec![(Bytes::from_static(b"a"), record(1_000_002, b"3"))],
     };
     let answer = handler.handle("n1", unknown).await;
     assert!(matches!(answer, Response::Error(why) if why.contains("unknown keyspace")));

@@ -1,0 +1,334 @@
+//! Batched writes: the blind writes of a pipelined run (or an MSET) are
+//! stamped in order and written in place here when this node is a primary,
+//! and the replica writes that go to one node travel as one
+//! [`Request::WriteMany`]. Each write is acknowledged, hinted and failed as
+//! a single strict-quorum write is (write.rs): acknowledged once `w`
+//! primaries merged it, a hint kept here for each primary that could not be
+//! reached (a primary's own refusal gets none), the rest finished in the
+//! background. Sloppy writes are not batched.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+
+use super::{Plan, QuorumStore, ReplicaResult};
+use crate::coordinator::{Decision, KeyspaceId, Level, Store, StoreError, WriteCmd, WriteOutcome};
+use crate::net::{Request, Response, Transport};
+use crate::version::{Record, Version};
+
+/// Most bytes of records one [`Request::WriteMany`] carries, unless its
+/// first record alone is larger (a record always fits a frame).
+const WRITE_MANY_BYTES: usize = 4 * 1024 * 1024;
+
+/// One write of a batch under way.
+struct Pending {
+    plan: Arc<Plan>,
+    needed: usize,
+    good: usize,
+    bad: Vec<ReplicaResult>,
+    /// Primaries that failed without refusing, so far: each gets a hint.
+    unhinted: Vec<Arc<str>>,
+}
+
+/// A write of a batch: under way, not applied (its command decided so), or
+/// refused before any replica was asked.
+type Started = Result<Option<Pending>, StoreError>;
+
+/// Each write's key and encoded record, shared with the calls that finish
+/// after the client was answered.
+type Encoded = Arc<Vec<(Bytes, Bytes)>>;
+
+/// One write's outcome on one replica: written, or why not and whether the
+/// replica answered and refused (`true`) rather than could not be reached.
+type Outcome = Result<(), (String, bool)>;
+
+/// A [`Request::WriteMany`]'s node, the writes it carried (indexes into the
+/// batch) and its answer.
+type BatchAnswer = (Arc<str>, Vec<usize>, Result<Response, String>);
+
+impl<T: Transport> QuorumStore<T> {
+    /// Applies each of `writes` (blind: none reads the current value) at
+    /// `level`, in order: a key written twice ends with its later write.
+    pub(super) async fn quorum_write_many(
+        &self,
+        ks: KeyspaceId,
+        writes: Vec<(Bytes, WriteCmd)>,
+        level: Level,
+    ) -> Vec<Result<WriteOutcome, StoreError>> {
+        let now = Store::now_ms(self);
+        let mut started: Vec<Started> = Vec::with_capacity(writes.len());
+        let mut encoded = Vec::with_capacity(writes.len());
+        let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        for (key, cmd) in writes {
+            let index = started.len();
+            let (write, record) = match self.start_write(ks, &key, cmd, level, now) {
+                Ok(Some((plan, needed, record))) => {
+                    let mut write = Pending {
+                        plan,
+                        needed,
+                        good: 0,
+                        bad: Vec::new(),
+                        unhinted: Vec::new(),
+                    };
+                    self.write_here_or_group(ks, &key, &record, index, &mut write, &mut groups);
+                    (Ok(Some(write)), record.encode())
+                }
+                Ok(None) => (Ok(None), Bytes::new()),
+                Err(e) => (Err(e), Bytes::new()),
+            };
+            started.push(write);
+            encoded.push((key, record));
+        }
+        let encoded: Encoded = Arc::new(encoded);
+        let keyspace = self.keyspaces.get(ks).name.clone();
+        let mut calls = FuturesUnordered::new();
+        for (peer, members) in groups {
+            for chunk in chunks(&encoded, members) {
+                let request = Request::WriteMany {
+                    keyspace: keyspace.clone(),
+                    writes: chunk.iter().map(|&i| encoded[i].clone()).collect(),
+                };
+                let call = self.call_replica(peer.clone(), request);
+                calls.push(call.map(move |(node, answer)| (node, chunk, answer)));
+            }
+        }
+        let waiting = |started: &[Started]| {
+            started
+                .iter()
+                .any(|w| matches!(w, Ok(Some(w)) if w.good < w.needed))
+        };
+        while waiting(&started) {
+            let Some((node, members, answer)) = calls.next().await else {
+                break;
+            };
+            for (index, outcome) in outcomes(&members, answer) {
+                let Ok(Some(write)) = &mut started[index] else {
+                    continue;
+                };
+                match outcome {
+                    Ok(()) => write.good += 1,
+                    Err((why, refused)) => {
+                        write.bad.push((node.clone(), Err(why)));
+                        if !refused {
+                            write.unhinted.push(node.clone());
+                        }
+                    }
+                }
+            }
+        }
+        self.hint_batch(keyspace, encoded, &started, calls).await;
+        started.into_iter().map(Self::write_result).collect()
+    }
+
+    /// Stamps `cmd` and decides what it writes: the key's plan, the
+    /// acknowledgements needed and the record, or `None` if it writes
+    /// nothing.
+    fn start_write(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        cmd: WriteCmd,
+        level: Level,
+        now: u64,
+    ) -> Result<Option<(Arc<Plan>, usize, Record)>, StoreError> {
+        let plan = self.plan(ks, key)?;
+        let needed = Self::required(level, plan.n)?;
+        let version = Version {
+            timestamp: self.local.hlc().now(),
+            node: self.node_id,
+        };
+        let record = match cmd.evaluate(None, now) {
+            Decision::Skip => return Ok(None),
+            Decision::Put { value, expiry_ms } => Record::value(version, value, expiry_ms),
+            Decision::Delete => Record::tombstone(version),
+        };
+        Ok(Some((plan, needed, record)))
+    }
+
+    /// Merges `record` here in place if this node is a primary of `key`,
+    /// and files write `index` under each other primary, for its batch.
+    fn write_here_or_group(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        record: &Record,
+        index: usize,
+        write: &mut Pending,
+        groups: &mut Vec<(Arc<str>, Vec<usize>)>,
+    ) {
+        for primary in &write.plan.primaries {
+            if **primary == *self.me {
+                // NOTE: a refusal here (clock skew, engine error) is this
+                // node's own: a hint for itself would be refused too.
+                match self.local.merge_stored(ks, key, record.clone()) {
+                    Ok(()) => write.good += 1,
+                    Err(e) => write.bad.push((primary.clone(), Err(e.to_string()))),
+                }
+                continue;
+            }
+            match groups.iter_mut().find(|(node, _)| node == primary) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((primary.clone(), vec![index])),
+            }
+        }
+    }
+
+    /// Keeps a hint for every primary that failed a write so far, and lets
+    /// the `calls` still out finish ([`QuorumStore::finish_late`]), keeping
+    /// a hint for each write they fail without a refusal.
+    async fn hint_batch<Call>(
+        &self,
+        keyspace: String,
+        encoded: Encoded,
+        started: &[Started],
+        calls: FuturesUnordered<Call>,
+    ) where
+        Call: std::future::Future<Output = BatchAnswer> + Send + 'static,
+    {
+        let hints = self.hints.clone();
+        let me = self.me.clone();
+        let keep_hint = move |target: &Arc<str>, index: usize| {
+            let (key, record) = &encoded[index];
+            if let Some(hints) = &hints
+                && *target != me
+                && let Err(e) = hints.add(target, &keyspace, key, record.clone())
+            {
+                tracing::error!(target_node = %target, error = %e, "could not keep a hint");
+            }
+        };
+        for (index, write) in started.iter().enumerate() {
+            if let Ok(Some(write)) = write {
+                for target in &write.unhinted {
+                    keep_hint(target, index);
+                }
+            }
+        }
+        let settle = move |(node, members, answer): BatchAnswer| {
+            for (index, outcome) in outcomes(&members, answer) {
+                if let Err((_, false)) = outcome {
+                    keep_hint(&node, index);
+                }
+            }
+        };
+        self.finish_late(calls, settle).await;
+    }
+
+    /// What a client is told of one write of a batch.
+    fn write_result(write: Started) -> Result<WriteOutcome, StoreError> {
+        let applied = match write? {
+            None => false,
+            Some(write) if write.good >= write.needed => true,
+            Some(write) => {
+                // NOTE: a kept hint will reach its primary later, so the
+                // failed write may still be applied.
+                let hinted = !write.unhinted.is_empty();
+                let mut error =
+                    Self::unavailable("write", write.needed, write.good, write.bad, &write.plan);
+                if let StoreError::Unavailable(q) = &mut error {
+                    q.may_have_applied |= hinted;
+                }
+                return Err(error);
+            }
+        };
+        Ok(WriteOutcome {
+            applied,
+            previous: None,
+        })
+    }
+}
+
+/// `members` (indexes into `encoded`) split into batches of at most
+/// [`WRITE_MANY_BYTES`] of records, none empty.
+fn chunks(encoded: &[(Bytes, Bytes)], members: Vec<usize>) -> Vec<Vec<usize>> {
+    let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for index in members {
+        let size = encoded[index].0.len() + encoded[index].1.len();
+        let last = chunks.last_mut().expect("never empty");
+        if !last.is_empty() && bytes + size > WRITE_MANY_BYTES {
+            chunks.push(vec![index]);
+            bytes = size;
+        } else {
+            last.push(index);
+            bytes += size;
+        }
+    }
+    chunks
+}
+
+/// Each write's outcome in a replica's answer to a [`Request::WriteMany`]
+/// carrying `members`: written, or why not and whether the replica answered
+/// and refused (`true`) rather than could not be reached (`false`).
+fn outcomes(
+    members: &[usize],
+    answer: Result<Response, String>,
+) -> Vec<(usize, Outcome)> {
+    let every = match answer {
+        Ok(Response::Outcomes(list)) if list.len() == members.len() => {
+            return members
+                .iter()
+                .zip(list)
+                .map(|(&index, refusal)| (index, refusal.map_or(Ok(()), |why| Err((why, true)))))
+                .collect();
+        }
+        // NOTE: an answer that does not match the request says nothing of
+        // what was applied: hinted, as if the replica were unreachable.
+        Ok(Response::Outcomes(list)) => Err((
+            format!("{} outcomes for {} writes", list.len(), members.len()),
+            false,
+        )),
+        Ok(Response::Error(why)) => Err((why, true)),
+        Ok(other) => Err((format!("unexpected answer {other:?}"), true)),
+        Err(why) => Err((why, false)),
+    };
+    members
+        .iter()
+        .map(|&index| (index, every.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_stay_under_the_byte_bound_and_are_never_empty() {
+        let write = |size: usize| (Bytes::from_static(b"k"), Bytes::from(vec![0; size]));
+        let big = WRITE_MANY_BYTES;
+        let encoded = vec![
+            write(big / 2),
+            write(big / 2),
+            write(big * 2),
+            write(10),
+            write(10),
+        ];
+        assert_eq!(
+            chunks(&encoded, vec![0, 1, 2, 3, 4]),
+            vec![vec![0], vec![1], vec![2], vec![3, 4]]
+        );
+        assert_eq!(chunks(&encoded, vec![3, 4]), vec![vec![3, 4]]);
+    }
+
+    #[test]
+    fn each_write_of_an_answer_is_read_as_written_refused_or_unreached() {
+        let members = [4, 7];
+        let list = Ok(Response::Outcomes(vec![None, Some("skew".into())]));
+        assert_eq!(
+            outcomes(&members, list),
+            vec![(4, Ok(())), (7, Err(("skew".into(), true)))]
+        );
+        let short = outcomes(&members, Ok(Response::Outcomes(vec![None])));
+        assert!(
+            short.iter().all(|(_, o)| matches!(o, Err((_, false)))),
+            "hinted: {short:?}"
+        );
+        let refused = outcomes(&members, Ok(Response::Error("no keyspace".into())));
+        assert!(refused.iter().all(|(_, o)| matches!(o, Err((_, true)))));
+        let unreached = outcomes(&members, Err("timed out".into()));
+        assert!(unreached.iter().all(|(_, o)| matches!(o, Err((_, false)))));
+        let odd = outcomes(&members, Ok(Response::Written));
+        assert!(odd.iter().all(|(_, o)| matches!(o, Err((_, true)))));
+    }
+}
