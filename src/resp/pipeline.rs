@@ -1,5 +1,6 @@
 //! Concurrent execution of pipelined commands, for stores whose requests
-//! wait on the network (the quorum coordinator).
+//! wait on the network (the quorum coordinator): runs are gathered here and
+//! run together, a run of plain GETs or SETs as one batch of keys.
 //!
 //! A run is a stretch of consecutive pipelined commands that read or blindly
 //! write single keys (GET, KV.GET, a plain SET, KV.PUT) and do not depend on
@@ -11,11 +12,20 @@
 //! stamped before its first await), so the last one wins, as in Redis.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use super::Cmd;
-use super::command::is;
+use super::command::{Cx, dispatch, is};
+use super::frame::Frame;
+use super::server::{Batch, LATENCY_SAMPLE_EVERY, Session, Shared};
+use super::string_cmds;
+use crate::coordinator::Store;
 
 /// The most commands one run holds.
 pub(crate) const MAX_RUN: usize = 256;
@@ -105,6 +115,105 @@ impl Run {
     /// The run's commands, in request order.
     pub(crate) fn into_commands(self) -> Vec<Vec<Bytes>> {
         self.commands
+    }
+}
+
+/// Runs a [`pipeline::Run`] of independent commands together and encodes
+/// their replies in request order. They only read the session, so each gets
+/// its own copy.
+///
+/// Each command is polled once as it is dispatched: one that needs no
+/// network (a level-one read of a local key) is done then, and only those
+/// still waiting are driven together afterwards.
+pub(super) async fn run_concurrently<S: Store>(
+    shared: &Arc<Shared<S>>,
+    session: &mut Session,
+    commands: &[Vec<Bytes>],
+    batch: &mut Batch<'_>,
+) {
+    let started = Instant::now();
+    shared
+        .total_commands
+        .fetch_add(commands.len() as u64, Ordering::Relaxed);
+    let first = session.commands;
+    session.commands += commands.len() as u64;
+    let snapshot = &*session;
+    let mut replies: Vec<Option<(Option<Cmd>, Frame)>> = Vec::with_capacity(commands.len());
+    // NOTE: FuturesUnordered polls only the commands that were woken
+    // (join_all polls every one on each wake-up).
+    let mut waiting = futures_util::stream::FuturesUnordered::new();
+    for (index, args) in commands.iter().enumerate() {
+        let mut own = snapshot.clone();
+        let mut command = Box::pin(async move {
+            let mut cx = Cx {
+                shared,
+                session: &mut own,
+            };
+            dispatch(&mut cx, args).await
+        });
+        let polled = std::future::poll_fn(|cx| Poll::Ready(command.as_mut().poll(cx))).await;
+        match polled {
+            Poll::Ready(reply) => replies.push(Some(reply)),
+            Poll::Pending => {
+                replies.push(None);
+                waiting.push(async move { (index, command.await) });
+            }
+        }
+    }
+    while let Some((index, reply)) = waiting.next().await {
+        replies[index] = Some(reply);
+    }
+    // NOTE: not data from the network: every slot is filled once `waiting`
+    // is drained, and a reply must never shift onto another request.
+    let replies = replies
+        .into_iter()
+        .map(|reply| reply.expect("every command of a run has answered"));
+    encode_run(shared, session, first, started.elapsed(), replies, batch);
+}
+
+/// Runs a run of plain `GET key`s or `SET key value`s (`kind`) as one read
+/// or write of many keys (a cluster sends those going to one replica
+/// together) and encodes their replies in request order.
+pub(super) async fn run_plain<S: Store>(
+    shared: &Arc<Shared<S>>,
+    session: &mut Session,
+    kind: Cmd,
+    commands: &[Vec<Bytes>],
+    batch: &mut Batch<'_>,
+) {
+    let started = Instant::now();
+    shared
+        .total_commands
+        .fetch_add(commands.len() as u64, Ordering::Relaxed);
+    let first = session.commands;
+    session.commands += commands.len() as u64;
+    let mut cx = Cx { shared, session };
+    let replies = match kind {
+        Cmd::Set => string_cmds::set_run(&mut cx, commands).await,
+        _ => string_cmds::get_run(&mut cx, commands).await,
+    };
+    let replies = replies.into_iter().map(|reply| (Some(kind), reply));
+    encode_run(shared, session, first, started.elapsed(), replies, batch);
+}
+
+/// Records and encodes the replies of a run whose first command was number
+/// `first + 1` of the session, all sampled with the run's latency.
+fn encode_run<S: Store>(
+    shared: &Arc<Shared<S>>,
+    session: &Session,
+    first: u64,
+    elapsed: Duration,
+    replies: impl Iterator<Item = (Option<Cmd>, Frame)>,
+    batch: &mut Batch<'_>,
+) {
+    for (number, (cmd, reply)) in (first + 1..).zip(replies) {
+        let failed = matches!(reply, Frame::Error(_));
+        let sampled = number
+            .is_multiple_of(LATENCY_SAMPLE_EVERY)
+            .then_some(elapsed);
+        shared.metrics.record(cmd, sampled, failed);
+        batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
+        reply.encode(session.proto, batch.output);
     }
 }
 

@@ -11,11 +11,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +25,6 @@ use super::codec::{DecodeLimits, RequestDecoder};
 use super::command::{Cx, dispatch};
 use super::frame::{Frame, Protocol};
 use super::pipeline;
-use super::string_cmds;
 use crate::config::FsyncPolicy;
 use crate::coordinator::{Consistency, KeyspaceId, Store};
 
@@ -58,11 +55,11 @@ pub struct RespConfig {
 
 /// One command in this many has its latency timed (reading the clock twice
 /// per command cost ~7% of a pipelined GET); counts are exact.
-const LATENCY_SAMPLE_EVERY: u64 = 8;
+pub(super) const LATENCY_SAMPLE_EVERY: u64 = 8;
 
 /// Per-command metric handles, resolved once at start-up (the hot path must
 /// not look metrics up by name). Indexed by `Cmd as usize`.
-struct CommandMetrics {
+pub(super) struct CommandMetrics {
     per_cmd: Vec<(metrics::Counter, metrics::Counter, metrics::Histogram)>,
     unknown: metrics::Counter,
 }
@@ -85,7 +82,7 @@ impl CommandMetrics {
     }
 
     /// Counts `cmd` and records `took`, its latency, if it was timed.
-    fn record(&self, cmd: Option<Cmd>, took: Option<std::time::Duration>, failed: bool) {
+    pub(super) fn record(&self, cmd: Option<Cmd>, took: Option<std::time::Duration>, failed: bool) {
         let Some((calls, errors, latency)) = cmd.and_then(|c| self.per_cmd.get(c as usize)) else {
             self.unknown.increment(1);
             return;
@@ -135,7 +132,7 @@ pub(crate) struct Shared<S> {
     pub total_commands: AtomicU64,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
-    metrics: CommandMetrics,
+    pub(super) metrics: CommandMetrics,
 }
 
 /// One client connection's state.
@@ -345,9 +342,10 @@ async fn serve<S: Store>(
     }
 }
 
-struct Batch<'a> {
-    output: &'a mut BytesMut,
-    wrote: bool,
+/// The replies of a batch of requests, and whether it wrote.
+pub(super) struct Batch<'a> {
+    pub(super) output: &'a mut BytesMut,
+    pub(super) wrote: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -417,9 +415,9 @@ async fn run_batch<S: Store>(
                     // session copy and no boxed future.
                     run_one(shared, session, only, batch).await;
                 } else if let Some(kind) = pipeline::plain_kind(&commands) {
-                    run_plain(shared, session, kind, &commands, batch).await;
+                    pipeline::run_plain(shared, session, kind, &commands, batch).await;
                 } else {
-                    run_concurrently(shared, session, &commands, batch).await;
+                    pipeline::run_concurrently(shared, session, &commands, batch).await;
                 }
                 batch.output.extend_from_slice(&error_reply);
                 if let Some(end) = end {
@@ -503,105 +501,6 @@ async fn run_one<S: Store>(
         .record(cmd, started.map(|at| at.elapsed()), failed);
     batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
     reply.encode(session.proto, batch.output);
-}
-
-/// Runs a [`pipeline::Run`] of independent commands together and encodes
-/// their replies in request order. They only read the session, so each gets
-/// its own copy.
-///
-/// Each command is polled once as it is dispatched: one that needs no
-/// network (a level-one read of a local key) is done then, and only those
-/// still waiting are driven together afterwards.
-async fn run_concurrently<S: Store>(
-    shared: &Arc<Shared<S>>,
-    session: &mut Session,
-    commands: &[Vec<Bytes>],
-    batch: &mut Batch<'_>,
-) {
-    let started = Instant::now();
-    shared
-        .total_commands
-        .fetch_add(commands.len() as u64, Ordering::Relaxed);
-    let first = session.commands;
-    session.commands += commands.len() as u64;
-    let snapshot = &*session;
-    let mut replies: Vec<Option<(Option<Cmd>, Frame)>> = Vec::with_capacity(commands.len());
-    // NOTE: FuturesUnordered polls only the commands that were woken
-    // (join_all polls every one on each wake-up).
-    let mut waiting = futures_util::stream::FuturesUnordered::new();
-    for (index, args) in commands.iter().enumerate() {
-        let mut own = snapshot.clone();
-        let mut command = Box::pin(async move {
-            let mut cx = Cx {
-                shared,
-                session: &mut own,
-            };
-            dispatch(&mut cx, args).await
-        });
-        let polled = std::future::poll_fn(|cx| Poll::Ready(command.as_mut().poll(cx))).await;
-        match polled {
-            Poll::Ready(reply) => replies.push(Some(reply)),
-            Poll::Pending => {
-                replies.push(None);
-                waiting.push(async move { (index, command.await) });
-            }
-        }
-    }
-    while let Some((index, reply)) = waiting.next().await {
-        replies[index] = Some(reply);
-    }
-    // NOTE: not data from the network: every slot is filled once `waiting`
-    // is drained, and a reply must never shift onto another request.
-    let replies = replies
-        .into_iter()
-        .map(|reply| reply.expect("every command of a run has answered"));
-    encode_run(shared, session, first, started.elapsed(), replies, batch);
-}
-
-/// Runs a run of plain `GET key`s or `SET key value`s (`kind`) as one read
-/// or write of many keys (a cluster sends those going to one replica
-/// together) and encodes their replies in request order.
-async fn run_plain<S: Store>(
-    shared: &Arc<Shared<S>>,
-    session: &mut Session,
-    kind: Cmd,
-    commands: &[Vec<Bytes>],
-    batch: &mut Batch<'_>,
-) {
-    let started = Instant::now();
-    shared
-        .total_commands
-        .fetch_add(commands.len() as u64, Ordering::Relaxed);
-    let first = session.commands;
-    session.commands += commands.len() as u64;
-    let mut cx = Cx { shared, session };
-    let replies = match kind {
-        Cmd::Set => string_cmds::set_run(&mut cx, commands).await,
-        _ => string_cmds::get_run(&mut cx, commands).await,
-    };
-    let replies = replies.into_iter().map(|reply| (Some(kind), reply));
-    encode_run(shared, session, first, started.elapsed(), replies, batch);
-}
-
-/// Records and encodes the replies of a run whose first command was number
-/// `first + 1` of the session, all sampled with the run's latency.
-fn encode_run<S: Store>(
-    shared: &Arc<Shared<S>>,
-    session: &Session,
-    first: u64,
-    elapsed: std::time::Duration,
-    replies: impl Iterator<Item = (Option<Cmd>, Frame)>,
-    batch: &mut Batch<'_>,
-) {
-    for (number, (cmd, reply)) in (first + 1..).zip(replies) {
-        let failed = matches!(reply, Frame::Error(_));
-        let sampled = number
-            .is_multiple_of(LATENCY_SAMPLE_EVERY)
-            .then_some(elapsed);
-        shared.metrics.record(cmd, sampled, failed);
-        batch.wrote |= cmd.is_some_and(Cmd::is_write) && !failed;
-        reply.encode(session.proto, batch.output);
-    }
 }
 
 /// Commits the batch's writes, then sends its replies.

@@ -72,52 +72,62 @@ impl<T: Transport> QuorumStore<T> {
         }
         if !reads.is_empty() {
             self.ask_batched(name, &mut reads).await;
-            // NOTE: most reads end here, answered and agreeing: no future
-            // for them, only for those that must ask on or repair.
-            let (mut asking, mut repairing) = (Vec::new(), Vec::new());
-            for (index, read) in reads {
-                if read.good.len() < read.needed {
-                    asking.push((index, read));
-                    continue;
-                }
-                let (plan, needed) = (&read.plan, read.needed);
-                match self.conclude(ks, &read.key, plan, needed, read.good, read.bad) {
-                    Ok((Some(merged), Some(seen))) => {
-                        repairing.push((index, read.key, merged, seen))
-                    }
-                    Ok((merged, _)) => done[index] = Some(Ok(merged)),
-                    Err(e) => done[index] = Some(Err(e)),
-                }
-            }
-            let asked = asking.into_iter().map(|(index, read)| async move {
-                let needed = read.needed;
-                let (key, rest) = (&read.key, read.rest.into_iter());
-                let (seen, bad) = self
-                    .read_rest(ks, key, rest, needed, read.good, read.bad)
-                    .await;
-                let result = self
-                    .settle_read(ks, key, &read.plan, needed, seen, bad)
-                    .await;
-                (index, result)
-            });
-            let repaired = repairing
-                .into_iter()
-                .map(|(index, key, merged, seen)| async move {
-                    self.read_repair(ks, &key, &merged, seen).await;
-                    (index, Ok(Some(merged)))
-                });
-            let (asked, repaired) = futures_util::future::join(
-                futures_util::future::join_all(asked),
-                futures_util::future::join_all(repaired),
-            )
-            .await;
-            for (index, result) in asked.into_iter().chain(repaired) {
+            for (index, result) in self.settle_batched(ks, reads).await {
                 done[index] = Some(result);
             }
         }
         done.into_iter()
             .map(|result| result.expect("every key of a batched read is answered"))
             .collect()
+    }
+
+    /// Ends the reads of a batch once their batched answers are in: most
+    /// end here, answered and agreeing, with no future; a future only for
+    /// those that must ask on or repair.
+    async fn settle_batched(
+        &self,
+        ks: KeyspaceId,
+        reads: Vec<(usize, Read)>,
+    ) -> Vec<(usize, Result<Option<Record>, StoreError>)> {
+        let mut settled = Vec::with_capacity(reads.len());
+        let (mut asking, mut repairing) = (Vec::new(), Vec::new());
+        for (index, read) in reads {
+            if read.good.len() < read.needed {
+                asking.push((index, read));
+                continue;
+            }
+            let (plan, needed) = (&read.plan, read.needed);
+            match self.conclude(ks, &read.key, plan, needed, read.good, read.bad) {
+                Ok((Some(merged), Some(seen))) => repairing.push((index, read.key, merged, seen)),
+                Ok((merged, _)) => settled.push((index, Ok(merged))),
+                Err(e) => settled.push((index, Err(e))),
+            }
+        }
+        let asked = asking.into_iter().map(|(index, read)| async move {
+            let needed = read.needed;
+            let (key, rest) = (&read.key, read.rest.into_iter());
+            let (seen, bad) = self
+                .read_rest(ks, key, rest, needed, read.good, read.bad)
+                .await;
+            let result = self
+                .settle_read(ks, key, &read.plan, needed, seen, bad)
+                .await;
+            (index, result)
+        });
+        let repaired = repairing
+            .into_iter()
+            .map(|(index, key, merged, seen)| async move {
+                self.read_repair(ks, &key, &merged, seen).await;
+                (index, Ok(Some(merged)))
+            });
+        let (asked, repaired) = futures_util::future::join(
+            futures_util::future::join_all(asked),
+            futures_util::future::join_all(repaired),
+        )
+        .await;
+        settled.extend(asked);
+        settled.extend(repaired);
+        settled
     }
 
     /// Sends each replica one [`Request::ReadMany`] for the keys of `reads`

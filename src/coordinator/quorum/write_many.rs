@@ -261,10 +261,7 @@ fn chunks(encoded: &[(Bytes, Bytes)], members: Vec<usize>) -> Vec<Vec<usize>> {
 /// Each write's outcome in a replica's answer to a [`Request::WriteMany`]
 /// carrying `members`: written, or why not and whether the replica answered
 /// and refused (`true`) rather than could not be reached (`false`).
-fn outcomes(
-    members: &[usize],
-    answer: Result<Response, String>,
-) -> Vec<(usize, Outcome)> {
+fn outcomes(members: &[usize], answer: Result<Response, String>) -> Vec<(usize, Outcome)> {
     let every = match answer {
         Ok(Response::Outcomes(list)) if list.len() == members.len() => {
             return members
