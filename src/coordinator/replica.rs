@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Hints, KeyspaceId, LocalStore, Store, StoreError};
-use crate::net::{Handler, PeerId, Request, Response};
+use crate::net::{Handler, MAX_BATCH_BYTES, PeerId, Request, Response};
 use crate::version::Record;
 
 impl LocalStore {
@@ -105,6 +105,7 @@ impl ReplicaHandler {
             .map(|(key, record)| self.merge(ks, &key, record).err())
             .collect();
         tokio::task::yield_now().await;
+        // IMPORTANT: the writes are acknowledged only once committed.
         self.store.commit().await.map_err(|e| e.to_string())?;
         Ok(outcomes)
     }
@@ -130,19 +131,23 @@ impl ReplicaHandler {
         self.store.commit().await.map_err(|e| e.to_string())
     }
 
-    /// The stored records of `keys`, in order, as many as fit in
-    /// [`READ_MANY_BYTES`] (always the first).
+    /// The stored records of the first of `keys`, in order: as many as fit
+    /// in [`MAX_BATCH_BYTES`], up to the first that cannot be read, and
+    /// always the first (or why it cannot be read).
     fn read_many(&self, keyspace: &str, keys: &[Bytes]) -> Result<Vec<Option<Bytes>>, String> {
         let ks = self.keyspace(keyspace)?;
         let mut records = Vec::with_capacity(keys.len());
         let mut bytes = 0;
         for key in keys {
-            let record = self
-                .store
-                .read_stored_raw(ks, key)
-                .map_err(|e| e.to_string())?;
+            let record = match self.store.read_stored_raw(ks, key) {
+                Ok(record) => record,
+                // NOTE: the keys before it are answered; it and the rest are
+                // asked again, where it fails alone.
+                Err(_) if !records.is_empty() => break,
+                Err(e) => return Err(e.to_string()),
+            };
             bytes += record.as_ref().map_or(0, Bytes::len);
-            if bytes > READ_MANY_BYTES && !records.is_empty() {
+            if bytes > MAX_BATCH_BYTES && !records.is_empty() {
                 break;
             }
             records.push(record);
@@ -150,11 +155,6 @@ impl ReplicaHandler {
         Ok(records)
     }
 }
-
-/// Most bytes of records one [`Response::Records`] carries, unless its first
-/// record alone is larger (a record always fits a frame): the rest of the keys
-/// are asked again.
-pub(crate) const READ_MANY_BYTES: usize = 4 * 1024 * 1024;
 
 impl Handler for ReplicaHandler {
     async fn handle(&self, from: &PeerId, request: Request) -> Response {

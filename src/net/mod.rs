@@ -97,6 +97,17 @@ pub enum Request {
     },
 }
 
+/// Most bytes of keys and records one batched request or answer carries
+/// ([`Request::ReadMany`], [`Request::WriteMany`], [`Response::Records`])
+/// unless its first item alone is larger: a quarter of the transport's
+/// frame limit, so a batch never fails to fit where its requests one by one
+/// would fit.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most keys one batched request carries: bounds a replica's work for one
+/// request and its answer (a refusal is a message per write).
+pub const MAX_BATCH_ITEMS: usize = 1024;
+
 /// A replica's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -112,8 +123,9 @@ pub enum Response {
     /// Answer to [`Request::Aae`].
     Aae(AaeResponse),
     /// Answer to [`Request::ReadMany`]: the records of its first keys, in
-    /// request order. Shorter than the request when the records would not
-    /// fit one frame; the coordinator asks for the rest again.
+    /// request order, at least one. Shorter than the request past
+    /// [`MAX_BATCH_BYTES`] of records, or when a key after the first could
+    /// not be read; the coordinator asks for the rest again.
     Records(Vec<Option<Bytes>>),
     /// Answer to [`Request::WriteMany`], one per write in request order:
     /// `None` when merged (and as durable as [`Response::Written`] says),

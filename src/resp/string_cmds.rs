@@ -104,10 +104,13 @@ pub(crate) async fn get_run<S: Store>(cx: &mut Cx<'_, S>, commands: &[Vec<Bytes>
         .into_iter();
     checked
         .into_iter()
-        .map(|key| {
+        .map(|key| match key {
+            Err(e) => Frame::Error(e.0),
             // NOTE: get_many answers every key it was given, in order.
-            let entry = key.and_then(|_| Ok(entries.next().expect("an entry per key")?));
-            entry.map_or_else(|e| Frame::Error(e.0), |e| bulk_or_null(e.map(|e| e.value)))
+            Ok(_) => match entries.next().expect("an entry per key") {
+                Ok(entry) => bulk_or_null(entry.map(|e| e.value)),
+                Err(e) => Frame::Error(CmdError::from(e).0),
+            },
         })
         .collect()
 }
@@ -142,14 +145,14 @@ pub(crate) async fn set_run<S: Store>(cx: &mut Cx<'_, S>, commands: &[Vec<Bytes>
         .into_iter();
     checked
         .into_iter()
-        .map(|write| {
+        .map(|write| match write {
+            Err(e) => Frame::Error(e.0),
             // NOTE: write_many answers every write it was given, in order.
-            let outcome = write.and_then(|_| Ok(outcomes.next().expect("an outcome per write")?));
-            match outcome {
+            Ok(_) => match outcomes.next().expect("an outcome per write") {
                 Ok(outcome) if outcome.applied => Frame::ok(),
                 Ok(_) => Frame::Null,
-                Err(e) => Frame::Error(e.0),
-            }
+                Err(e) => Frame::Error(CmdError::from(e).0),
+            },
         })
         .collect()
 }

@@ -177,6 +177,20 @@ async fn a_pipelined_run_of_gets_answers_every_key_in_order() {
     );
     assert_eq!(raw.read_reply().await, Reply::bulk("v2"));
 
+    // A run of SETs with a bad one in the middle: it fails alone.
+    let mut input = crate::support::encode_command(&[b"SET", b"s1", b"a"]);
+    input.extend(crate::support::encode_command(&[b"SET", b"", b"b"]));
+    input.extend(crate::support::encode_command(&[b"SET", b"s2", b"c"]));
+    input.extend(crate::support::encode_command(&[b"GET", b"s2"]));
+    raw.send(&input).await;
+    assert_eq!(raw.read_reply().await, Reply::Simple("OK".into()));
+    assert_eq!(
+        raw.read_reply().await,
+        Reply::Error("ERR empty keys are not allowed".into())
+    );
+    assert_eq!(raw.read_reply().await, Reply::Simple("OK".into()));
+    assert_eq!(raw.read_reply().await, Reply::bulk("c"));
+
     cluster.kill(2);
     let got: Vec<Value> = gets().query_async(&mut c).await.expect("reads");
     assert_eq!(got, expected, "with node3 killed");
@@ -210,6 +224,17 @@ async fn a_pipelined_run_of_sets_is_hinted_for_a_killed_node_which_converges() {
     }
     let replies: Vec<Value> = pipe.query_async(&mut c).await.expect("writes");
     assert!(replies.iter().all(|r| *r == Value::Okay), "{replies:?}");
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(&mut c)
+        .await
+        .expect("info");
+    let queued: u64 = info
+        .lines()
+        .find_map(|line| line.strip_prefix("hints_queued:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("hints_queued in INFO cluster");
+    assert!(queued >= 300, "a hint per write for node3: {info}");
     cluster.restart(2);
     let took = crate::handoff::wait_converged(&mut c, &keys, std::time::Duration::from_secs(30))
         .await

@@ -229,6 +229,18 @@ async fn a_cluster_write_acknowledged_by_the_coordinators_own_replica_survives_k
         let reply: String = ok(&mut con, &["KV.PUT", &key, &value, "W", "one"]).await;
         assert_eq!(reply, "OK");
     }
+    // A pipelined run of plain SETs is written as one batch: committed
+    // before its replies too.
+    let _: redis::Value = ok(&mut con, &["CONSISTENCY", "WRITE", "one"]).await;
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("SET").arg(format!("run-{i}")).arg(format!("r{i}"));
+    }
+    let replies: Vec<redis::Value> = pipe.query_async(&mut con).await.expect("pipelined SETs");
+    assert!(
+        replies.iter().all(|r| *r == redis::Value::Okay),
+        "{replies:?}"
+    );
     cluster.kill(0);
     cluster.restart(0);
     let mut con = cluster.node(0).conn().await;
@@ -236,6 +248,9 @@ async fn a_cluster_write_acknowledged_by_the_coordinators_own_replica_survives_k
         let key = format!("own-{i}");
         let got: Option<String> = ok(&mut con, &["KV.GET", &key, "R", "one"]).await;
         assert_eq!(got, Some(format!("v{i}")), "{key} after kill -9");
+        let key = format!("run-{i}");
+        let got: Option<String> = ok(&mut con, &["KV.GET", &key, "R", "one"]).await;
+        assert_eq!(got, Some(format!("r{i}")), "{key} after kill -9");
     }
 }
 

@@ -173,10 +173,7 @@ async fn a_batched_read_repairs_the_stale_replicas_it_read() {
 #[tokio::test]
 async fn a_replica_answers_a_batch_in_order_within_one_frame() {
     let c = cluster(3);
-    let big = Bytes::from(vec![
-        b'x';
-        crate::coordinator::replica::READ_MANY_BYTES / 2 + 1
-    ]);
+    let big = Bytes::from(vec![b'x'; crate::net::MAX_BATCH_BYTES / 2 + 1]);
     for key in ["a", "b", "c"] {
         let cmd = WriteCmd::Set {
             value: big.clone(),
@@ -351,4 +348,123 @@ async fn a_replica_merges_each_write_of_a_batch_and_refuses_the_bad_ones() {
     };
     let answer = handler.handle("n1", unknown).await;
     assert!(matches!(answer, Response::Error(why) if why.contains("unknown keyspace")));
+}
+
+#[tokio::test]
+async fn a_refused_batched_write_gets_no_hint() {
+    let c = cluster(3);
+    let keys = keys(8);
+    let writes: Vec<(Bytes, WriteCmd)> = keys.iter().map(|k| (k.clone(), set_of("v"))).collect();
+    c.batches.refusing.lock().insert("n3".into());
+    let outcomes = write_many(&c.coordinators[0], writes.clone(), QUORUM).await;
+    assert!(outcomes.iter().all(|o| *o == Ok(true)), "{outcomes:?}");
+    c.settle().await;
+    assert!(
+        c.hints[0].queues().get("n3").is_none_or(|q| q.hints == 0),
+        "a refusal is not hinted"
+    );
+    // Both others refuse: the quorum fails (the coordinator's own copy is
+    // applied, and said so) and still nothing is hinted.
+    c.batches.refusing.lock().insert("n2".into());
+    for outcome in write_many(&c.coordinators[0], writes, QUORUM).await {
+        let why = outcome.unwrap_err();
+        assert!(why.contains("n2: refused by the test"), "{why}");
+        assert!(why.contains("n3: refused by the test"), "{why}");
+    }
+    c.settle().await;
+    assert_eq!(c.hints[0].queued(), 0, "a refusal is not hinted");
+}
+
+#[tokio::test]
+async fn a_batched_read_repairs_a_stale_remote_replica_it_read() {
+    let c = cluster(3);
+    let keys = keys(10);
+    c.down.lock().insert("n2".into());
+    for key in &keys {
+        c.coordinators[0]
+            .write(0, key, set(b"new"), QUORUM)
+            .await
+            .unwrap();
+    }
+    c.down.lock().clear();
+    // Through n1 at `all`: n2 answers in a batch with nothing and gets the
+    // newer version written back before the reply.
+    let all = levels(Level::All, Level::All);
+    let got = many(&c.coordinators[0], &keys, all).await;
+    assert!(
+        got.iter()
+            .all(|value| *value == Ok(Some(Bytes::from_static(b"new")))),
+        "{got:?}"
+    );
+    for key in &keys {
+        assert_eq!(c.stored("n2", key), c.stored("n1", key), "n2 repaired");
+    }
+}
+
+#[tokio::test]
+async fn a_key_asked_twice_in_a_batch_reads_the_same_twice() {
+    let c = cluster(3);
+    c.coordinators[0]
+        .write(0, b"k", set(b"v"), QUORUM)
+        .await
+        .unwrap();
+    let keys = vec![
+        Bytes::from_static(b"k"),
+        Bytes::from_static(b"x"),
+        Bytes::from_static(b"k"),
+    ];
+    let got = many(&c.coordinators[1], &keys, QUORUM).await;
+    let v = Ok(Some(Bytes::from_static(b"v")));
+    assert_eq!(got, vec![v.clone(), Ok(None), v]);
+}
+
+#[tokio::test]
+async fn sloppy_batched_writes_of_one_key_end_with_the_last() {
+    let c = cluster(3);
+    let sloppy = Consistency {
+        sloppy: true,
+        ..QUORUM
+    };
+    let writes = (0..20)
+        .map(|i| (Bytes::from_static(b"k"), set_of(&format!("v{i}"))))
+        .collect();
+    let outcomes = write_many(&c.coordinators[0], writes, sloppy).await;
+    assert!(outcomes.iter().all(|o| *o == Ok(true)), "{outcomes:?}");
+    c.settle().await;
+    let all = levels(Level::All, Level::All);
+    let got = c.coordinators[2].get(0, b"k", all).await.unwrap();
+    assert_eq!(got.unwrap().value, "v19");
+}
+
+#[test]
+fn batched_requests_are_bounded_in_items_and_bytes_and_never_empty() {
+    use crate::net::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
+    let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+    let mut by_node = ByNode::default();
+    for i in 0..(MAX_BATCH_ITEMS + 3) {
+        by_node.add(&a, i);
+    }
+    by_node.add(&b, 0);
+    let sizes: Vec<usize> = by_node
+        .requests(|_| 1)
+        .iter()
+        .map(|(_, m)| m.len())
+        .collect();
+    assert_eq!(sizes, vec![MAX_BATCH_ITEMS, 3, 1]);
+
+    let size = |i: usize| {
+        [
+            MAX_BATCH_BYTES / 2,
+            MAX_BATCH_BYTES / 2,
+            MAX_BATCH_BYTES * 2,
+            10,
+            10,
+        ][i]
+    };
+    let mut by_node = ByNode::default();
+    for i in 0..5 {
+        by_node.add(&a, i);
+    }
+    let requests: Vec<Vec<usize>> = by_node.requests(size).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(requests, vec![vec![0, 1], vec![2], vec![3, 4]]);
 }

@@ -21,7 +21,8 @@
 //! - A failed write that left a hint anywhere says it may have been applied.
 //!
 //! This file holds the types, the routing and the [`Store`] impl; the read
-//! path is in `read.rs`, the write path in `write.rs`.
+//! path is in `read.rs` (batched reads too), the write path in `write.rs`,
+//! batched writes in `write_many.rs`.
 
 use std::sync::Arc;
 
@@ -388,6 +389,46 @@ impl<T: Transport> Replicas<T> {
     }
 }
 
+/// Items of a batch (indexes) by the node they go to, in first-seen order.
+#[derive(Default)]
+struct ByNode(Vec<(Arc<str>, Vec<usize>)>);
+
+impl ByNode {
+    /// Files item `index` under `node`.
+    fn add(&mut self, node: &Arc<str>, index: usize) {
+        match self.0.iter_mut().find(|(n, _)| n == node) {
+            Some((_, items)) => items.push(index),
+            None => self.0.push((node.clone(), vec![index])),
+        }
+    }
+
+    /// Each node's items split into requests of at most
+    /// [`crate::net::MAX_BATCH_ITEMS`] items and
+    /// [`crate::net::MAX_BATCH_BYTES`] (`size` of each), none empty.
+    fn requests(self, size: impl Fn(usize) -> usize) -> Vec<(Arc<str>, Vec<usize>)> {
+        use crate::net::{MAX_BATCH_BYTES, MAX_BATCH_ITEMS};
+        let mut requests = Vec::new();
+        for (node, items) in self.0 {
+            let mut current: Vec<usize> = Vec::new();
+            let mut bytes = 0;
+            for index in items {
+                let full =
+                    current.len() == MAX_BATCH_ITEMS || bytes + size(index) > MAX_BATCH_BYTES;
+                if full && !current.is_empty() {
+                    requests.push((node.clone(), std::mem::take(&mut current)));
+                    bytes = 0;
+                }
+                bytes += size(index);
+                current.push(index);
+            }
+            if !current.is_empty() {
+                requests.push((node, current));
+            }
+        }
+        requests
+    }
+}
+
 impl<T: Transport> Store for QuorumStore<T> {
     fn keyspaces(&self) -> &Keyspaces {
         &self.keyspaces
@@ -467,9 +508,18 @@ impl<T: Transport> Store for QuorumStore<T> {
         writes: Vec<(Bytes, WriteCmd)>,
         consistency: Consistency,
     ) -> Vec<Result<WriteOutcome, StoreError>> {
-        if consistency.sloppy || !writes.iter().all(|(_, cmd)| is_blind(cmd)) {
-            // NOTE: blind writes are stamped in order on their first poll,
-            // before any await, as join_all polls them.
+        if !writes.iter().all(|(_, cmd)| is_blind(cmd)) {
+            // NOTE: a write that reads first is stamped after its read: one
+            // at a time keeps them in order.
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for (key, cmd) in writes {
+                outcomes.push(self.write(ks, &key, cmd, consistency).await);
+            }
+            return outcomes;
+        }
+        if consistency.sloppy {
+            // NOTE: blind writes are stamped on their first poll, before any
+            // await, and join_all polls them in order.
             let each = writes
                 .iter()
                 .map(|(key, cmd)| self.write(ks, key, cmd.clone(), consistency));

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 
-use super::{Plan, QuorumStore, ReplicaResult, Replicas};
+use super::{ByNode, Plan, QuorumStore, ReplicaResult, Replicas};
 use crate::coordinator::{KeyspaceId, Level, LocalStore, StoreError};
 use crate::net::{Request, Response, Transport};
 use crate::ring;
@@ -130,47 +130,37 @@ impl<T: Transport> QuorumStore<T> {
         settled
     }
 
-    /// Sends each replica one [`Request::ReadMany`] for the keys of `reads`
-    /// that ask it, all at once, and files every answer with its read. A
-    /// key the replica's answer left out (it did not fit a frame) goes back
-    /// to the front of its read's `rest`, to be asked again alone.
+    /// Sends each replica [`Request::ReadMany`]s for the keys of `reads`
+    /// that ask it, all replicas at once, and files every answer with its
+    /// read. A replica that answers a batch's first keys only is asked for
+    /// the rest again; keys it refused as a batch go back to the front of
+    /// their read's `rest`, to be asked alone (where only a key that
+    /// really fails does).
     async fn ask_batched(&self, keyspace: &str, reads: &mut [(usize, Read)]) {
-        let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        let mut by_node = ByNode::default();
         for (at, (_, read)) in reads.iter_mut().enumerate() {
             for peer in read.asked.drain(..) {
-                match groups.iter_mut().find(|(node, _)| *node == peer) {
-                    Some((_, members)) => members.push(at),
-                    None => groups.push((peer, vec![at])),
-                }
+                by_node.add(&peer, at);
             }
         }
-        let calls = groups.iter().map(|(peer, members)| {
+        let requests = by_node.requests(|at| reads[at].1.key.len());
+        let asks = requests.into_iter().map(|(peer, members)| {
             let keys = members.iter().map(|&at| reads[at].1.key.clone()).collect();
-            let request = Request::ReadMany {
-                keyspace: keyspace.to_owned(),
-                keys,
-            };
-            self.call_replica(peer.clone(), request)
+            let ask = self.read_batch(keyspace, peer.clone(), keys);
+            ask.map(move |answers| (peer, members, answers))
         });
-        let answers = futures_util::future::join_all(calls).await;
         let hlc = self.local.hlc();
-        for ((peer, members), (_, answer)) in groups.into_iter().zip(answers) {
-            let mut records = match answer {
-                Ok(Response::Records(records)) => Ok(records.into_iter()),
-                Ok(Response::Error(why)) | Err(why) => Err(why),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-            };
+        for (peer, members, (records, failure)) in futures_util::future::join_all(asks).await {
+            let mut records = records.into_iter();
             for at in members {
                 let read = &mut reads[at].1;
-                let answer = match &mut records {
-                    Ok(records) => match records.next() {
-                        Some(raw) => accept_record(hlc, Ok(Response::Record(raw))),
-                        None => {
-                            read.rest.insert(0, peer.clone());
-                            continue;
-                        }
-                    },
-                    Err(why) => Err(why.clone()),
+                let answer = match (records.next(), &failure) {
+                    (Some(raw), _) => accept_record(hlc, Ok(Response::Record(raw))),
+                    (None, Some((why, false))) => Err(why.clone()),
+                    (None, _) => {
+                        read.rest.insert(0, peer.clone());
+                        continue;
+                    }
                 };
                 match answer {
                     Ok(record) => read.good.push((peer.clone(), record)),
@@ -178,6 +168,39 @@ impl<T: Transport> QuorumStore<T> {
                 }
             }
         }
+    }
+
+    /// The records `peer` holds of `keys`, in order, asking again for those
+    /// an answer left out; short when it failed, with why and whether it
+    /// answered and refused (`true`) rather than could not be reached.
+    async fn read_batch(
+        &self,
+        keyspace: &str,
+        peer: Arc<str>,
+        keys: Vec<Bytes>,
+    ) -> (Vec<Option<Bytes>>, Option<(String, bool)>) {
+        let mut records = Vec::with_capacity(keys.len());
+        while records.len() < keys.len() {
+            let left = keys.len() - records.len();
+            let request = Request::ReadMany {
+                keyspace: keyspace.to_owned(),
+                keys: keys[records.len()..].to_vec(),
+            };
+            let failure = match self.call_replica(peer.clone(), request).await.1 {
+                Ok(Response::Records(more)) if !more.is_empty() && more.len() <= left => {
+                    records.extend(more);
+                    continue;
+                }
+                Ok(Response::Records(more)) => {
+                    (format!("{} records for {left} keys", more.len()), true)
+                }
+                Ok(Response::Error(why)) => (why, true),
+                Ok(other) => (format!("unexpected answer {other:?}"), true),
+                Err(why) => (why, false),
+            };
+            return (records, Some(failure));
+        }
+        (records, None)
     }
 
     /// A read of one replica that this node holds, done in place with no

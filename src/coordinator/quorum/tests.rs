@@ -27,6 +27,8 @@ pub(super) struct Batches {
     /// Their answers keep only their first record, as a replica does when
     /// the records would not fit one frame.
     pub(super) cut_short: std::sync::atomic::AtomicBool,
+    /// Nodes that answer every write (single or batched) with a refusal.
+    pub(super) refusing: parking_lot::Mutex<HashSet<String>>,
 }
 
 impl Transport for TestNet {
@@ -44,6 +46,10 @@ impl Transport for TestNet {
             .replicas
             .get(to)
             .ok_or_else(|| NetError::UnknownPeer(to.into()))?;
+        let write = matches!(request, Request::Write { .. } | Request::WriteMany { .. });
+        if write && self.batches.refusing.lock().contains(to) {
+            return Ok(Response::Error("refused by the test".into()));
+        }
         match handler.handle(&self.from, request).await {
             Response::Records(mut records) if self.batches.cut_short.load(SeqCst) => {
                 records.truncate(1);

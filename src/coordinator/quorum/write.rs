@@ -111,20 +111,14 @@ impl<T: Transport> QuorumStore<T> {
     ) where
         Call: std::future::Future<Output = WriteResult> + Send + 'static,
     {
-        let hints = self.hints.clone();
-        let me = self.me.clone();
+        let keeper = self.hint_keeper();
         let keep_hint = move |target: &Arc<str>| {
-            if let Some(hints) = &hints
-                && *target != me
-                && let Err(e) = hints.add(
-                    target,
-                    &requests.keyspace,
-                    &requests.key,
-                    requests.record.clone(),
-                )
-            {
-                tracing::error!(target_node = %target, error = %e, "could not keep a hint");
-            }
+            keeper(
+                target,
+                &requests.keyspace,
+                &requests.key,
+                requests.record.clone(),
+            )
         };
         for target in unhinted {
             keep_hint(target);
@@ -136,16 +130,35 @@ impl<T: Transport> QuorumStore<T> {
             (Ok(()), _) | (Err((_, true)), None) => {}
             (Err(_), stand_in_for) => keep_hint(&stand_in_for.unwrap_or(node)),
         };
-        self.finish_late(calls, settle).await;
+        self.finish_late(calls, 1, settle).await;
     }
 
-    /// Lets the calls of an acknowledged write that are still out finish,
-    /// handing each answer to `settle`: in place for those already in, in a
-    /// background task for the rest, or before returning when too many
-    /// writes are still reaching their last replicas.
+    /// Keeps a hint of a write (keyspace, key, encoded record) for a
+    /// target primary, unless the target is this node (its own refusal
+    /// would refuse the hint too); a hint that cannot be kept is logged.
+    pub(super) fn hint_keeper(
+        &self,
+    ) -> impl Fn(&Arc<str>, &str, &[u8], Bytes) + Clone + Send + 'static {
+        let hints = self.hints.clone();
+        let me = self.me.clone();
+        move |target, keyspace, key, record| {
+            if let Some(hints) = &hints
+                && *target != me
+                && let Err(e) = hints.add(target, keyspace, key, record)
+            {
+                tracing::error!(target_node = %target, error = %e, "could not keep a hint");
+            }
+        }
+    }
+
+    /// Lets the calls of acknowledged writes (`writes` of them) that are
+    /// still out finish, handing each answer to `settle`: in place for those
+    /// already in, in a background task for the rest, or before returning
+    /// when too many writes are still reaching their last replicas.
     pub(super) async fn finish_late<Call, Answer>(
         &self,
         mut calls: FuturesUnordered<Call>,
+        writes: usize,
         settle: impl Fn(Answer) + Send + 'static,
     ) where
         Call: std::future::Future<Output = Answer> + Send + 'static,
@@ -163,7 +176,8 @@ impl<T: Transport> QuorumStore<T> {
                 settle(answer);
             }
         };
-        match self.late_writes.clone().try_acquire_owned() {
+        let permits = writes.clamp(1, super::MAX_LATE_WRITES) as u32;
+        match self.late_writes.clone().try_acquire_many_owned(permits) {
             Ok(permit) => {
                 tokio::spawn(async move {
                     finish.await;
@@ -236,7 +250,7 @@ pub(super) fn is_blind(cmd: &WriteCmd) -> bool {
 /// A replica's answer to a write call: `Ok` when it wrote the record (or
 /// stored the hint), else why not and whether the replica answered and
 /// refused (`true`) rather than could not be reached (`false`).
-fn written(result: Result<Response, String>) -> Result<(), (String, bool)> {
+pub(super) fn written(result: Result<Response, String>) -> Result<(), (String, bool)> {
     match result {
         Ok(Response::Written) => Ok(()),
         Err(why) => Err((why, false)),

@@ -13,14 +13,11 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
-use super::{Plan, QuorumStore, ReplicaResult};
+use super::write::written;
+use super::{ByNode, Plan, QuorumStore, ReplicaResult};
 use crate::coordinator::{Decision, KeyspaceId, Level, Store, StoreError, WriteCmd, WriteOutcome};
 use crate::net::{Request, Response, Transport};
 use crate::version::{Record, Version};
-
-/// Most bytes of records one [`Request::WriteMany`] carries, unless its
-/// first record alone is larger (a record always fits a frame).
-const WRITE_MANY_BYTES: usize = 4 * 1024 * 1024;
 
 /// One write of a batch under way.
 struct Pending {
@@ -60,7 +57,7 @@ impl<T: Transport> QuorumStore<T> {
         let now = Store::now_ms(self);
         let mut started: Vec<Started> = Vec::with_capacity(writes.len());
         let mut encoded = Vec::with_capacity(writes.len());
-        let mut groups: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        let mut by_node = ByNode::default();
         for (key, cmd) in writes {
             let index = started.len();
             let (write, record) = match self.start_write(ks, &key, cmd, level, now) {
@@ -72,7 +69,7 @@ impl<T: Transport> QuorumStore<T> {
                         bad: Vec::new(),
                         unhinted: Vec::new(),
                     };
-                    self.write_here_or_group(ks, &key, &record, index, &mut write, &mut groups);
+                    self.write_here_or_group(ks, &key, &record, index, &mut write, &mut by_node);
                     (Ok(Some(write)), record.encode())
                 }
                 Ok(None) => (Ok(None), Bytes::new()),
@@ -84,15 +81,14 @@ impl<T: Transport> QuorumStore<T> {
         let encoded: Encoded = Arc::new(encoded);
         let keyspace = self.keyspaces.get(ks).name.clone();
         let mut calls = FuturesUnordered::new();
-        for (peer, members) in groups {
-            for chunk in chunks(&encoded, members) {
-                let request = Request::WriteMany {
-                    keyspace: keyspace.clone(),
-                    writes: chunk.iter().map(|&i| encoded[i].clone()).collect(),
-                };
-                let call = self.call_replica(peer.clone(), request);
-                calls.push(call.map(move |(node, answer)| (node, chunk, answer)));
-            }
+        let size = |i: usize| encoded[i].0.len() + encoded[i].1.len();
+        for (peer, members) in by_node.requests(size) {
+            let request = Request::WriteMany {
+                keyspace: keyspace.clone(),
+                writes: members.iter().map(|&i| encoded[i].clone()).collect(),
+            };
+            let call = self.call_replica(peer, request);
+            calls.push(call.map(move |(node, answer)| (node, members, answer)));
         }
         let waiting = |started: &[Started]| {
             started
@@ -156,21 +152,20 @@ impl<T: Transport> QuorumStore<T> {
         record: &Record,
         index: usize,
         write: &mut Pending,
-        groups: &mut Vec<(Arc<str>, Vec<usize>)>,
+        by_node: &mut ByNode,
     ) {
         for primary in &write.plan.primaries {
-            if **primary == *self.me {
-                // NOTE: a refusal here (clock skew, engine error) is this
-                // node's own: a hint for itself would be refused too.
-                match self.local.merge_stored(ks, key, record.clone()) {
-                    Ok(()) => write.good += 1,
-                    Err(e) => write.bad.push((primary.clone(), Err(e.to_string()))),
-                }
+            if **primary != *self.me {
+                by_node.add(primary, index);
                 continue;
             }
-            match groups.iter_mut().find(|(node, _)| node == primary) {
-                Some((_, members)) => members.push(index),
-                None => groups.push((primary.clone(), vec![index])),
+            // IMPORTANT: merged, not yet durable: the connection commits
+            // (Store::commit) before any reply leaves, as for a single write.
+            // NOTE: a refusal here (clock skew, engine error) is this node's
+            // own: a hint for itself would be refused too.
+            match self.local.merge_stored(ks, key, record.clone()) {
+                Ok(()) => write.good += 1,
+                Err(e) => write.bad.push((primary.clone(), Err(e.to_string()))),
             }
         }
     }
@@ -187,16 +182,11 @@ impl<T: Transport> QuorumStore<T> {
     ) where
         Call: std::future::Future<Output = BatchAnswer> + Send + 'static,
     {
-        let hints = self.hints.clone();
-        let me = self.me.clone();
+        let keeper = self.hint_keeper();
+        let writes = encoded.len();
         let keep_hint = move |target: &Arc<str>, index: usize| {
             let (key, record) = &encoded[index];
-            if let Some(hints) = &hints
-                && *target != me
-                && let Err(e) = hints.add(target, &keyspace, key, record.clone())
-            {
-                tracing::error!(target_node = %target, error = %e, "could not keep a hint");
-            }
+            keeper(target, &keyspace, key, record.clone());
         };
         for (index, write) in started.iter().enumerate() {
             if let Ok(Some(write)) = write {
@@ -212,7 +202,7 @@ impl<T: Transport> QuorumStore<T> {
                 }
             }
         };
-        self.finish_late(calls, settle).await;
+        self.finish_late(calls, writes, settle).await;
     }
 
     /// What a client is told of one write of a batch.
@@ -239,25 +229,6 @@ impl<T: Transport> QuorumStore<T> {
     }
 }
 
-/// `members` (indexes into `encoded`) split into batches of at most
-/// [`WRITE_MANY_BYTES`] of records, none empty.
-fn chunks(encoded: &[(Bytes, Bytes)], members: Vec<usize>) -> Vec<Vec<usize>> {
-    let mut chunks: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut bytes = 0;
-    for index in members {
-        let size = encoded[index].0.len() + encoded[index].1.len();
-        let last = chunks.last_mut().expect("never empty");
-        if !last.is_empty() && bytes + size > WRITE_MANY_BYTES {
-            chunks.push(vec![index]);
-            bytes = size;
-        } else {
-            last.push(index);
-            bytes += size;
-        }
-    }
-    chunks
-}
-
 /// Each write's outcome in a replica's answer to a [`Request::WriteMany`]
 /// carrying `members`: written, or why not and whether the replica answered
 /// and refused (`true`) rather than could not be reached (`false`).
@@ -276,9 +247,8 @@ fn outcomes(members: &[usize], answer: Result<Response, String>) -> Vec<(usize, 
             format!("{} outcomes for {} writes", list.len(), members.len()),
             false,
         )),
-        Ok(Response::Error(why)) => Err((why, true)),
-        Ok(other) => Err((format!("unexpected answer {other:?}"), true)),
-        Err(why) => Err((why, false)),
+        Ok(Response::Written) => Err(("unexpected answer Written".to_owned(), true)),
+        answer => written(answer),
     };
     members
         .iter()
@@ -289,24 +259,6 @@ fn outcomes(members: &[usize], answer: Result<Response, String>) -> Vec<(usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batches_stay_under_the_byte_bound_and_are_never_empty() {
-        let write = |size: usize| (Bytes::from_static(b"k"), Bytes::from(vec![0; size]));
-        let big = WRITE_MANY_BYTES;
-        let encoded = vec![
-            write(big / 2),
-            write(big / 2),
-            write(big * 2),
-            write(10),
-            write(10),
-        ];
-        assert_eq!(
-            chunks(&encoded, vec![0, 1, 2, 3, 4]),
-            vec![vec![0], vec![1], vec![2], vec![3, 4]]
-        );
-        assert_eq!(chunks(&encoded, vec![3, 4]), vec![vec![3, 4]]);
-    }
 
     #[test]
     fn each_write_of_an_answer_is_read_as_written_refused_or_unreached() {
