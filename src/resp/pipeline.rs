@@ -132,11 +132,7 @@ pub(super) async fn run_concurrently<S: Store>(
     batch: &mut Batch<'_>,
 ) {
     let started = Instant::now();
-    shared
-        .total_commands
-        .fetch_add(commands.len() as u64, Ordering::Relaxed);
-    let first = session.commands;
-    session.commands += commands.len() as u64;
+    let first = count_run(shared, session, commands.len());
     let snapshot = &*session;
     let mut replies: Vec<Option<(Option<Cmd>, Frame)>> = Vec::with_capacity(commands.len());
     // NOTE: FuturesUnordered polls only the commands that were woken
@@ -182,11 +178,7 @@ pub(super) async fn run_plain<S: Store>(
     batch: &mut Batch<'_>,
 ) {
     let started = Instant::now();
-    shared
-        .total_commands
-        .fetch_add(commands.len() as u64, Ordering::Relaxed);
-    let first = session.commands;
-    session.commands += commands.len() as u64;
+    let first = count_run(shared, session, commands.len());
     let mut cx = Cx { shared, session };
     let replies = match kind {
         Cmd::Set => string_cmds::set_run(&mut cx, commands).await,
@@ -194,6 +186,17 @@ pub(super) async fn run_plain<S: Store>(
     };
     let replies = replies.into_iter().map(|reply| (Some(kind), reply));
     encode_run(shared, session, first, started.elapsed(), replies, batch);
+}
+
+/// Counts a run of `len` commands in the server's and the session's totals;
+/// returns the session's count before it.
+fn count_run<S: Store>(shared: &Arc<Shared<S>>, session: &mut Session, len: usize) -> u64 {
+    shared
+        .total_commands
+        .fetch_add(len as u64, Ordering::Relaxed);
+    let first = session.commands;
+    session.commands += len as u64;
+    first
 }
 
 /// Records and encodes the replies of a run whose first command was number
