@@ -441,3 +441,25 @@ fn batched_requests_are_bounded_in_items_and_bytes_and_never_empty() {
     let requests: Vec<Vec<usize>> = by_node.requests(size).into_iter().map(|(_, m)| m).collect();
     assert_eq!(requests, vec![vec![0, 1], vec![2], vec![3, 4]]);
 }
+
+#[tokio::test]
+async fn a_batched_write_failing_after_its_answer_is_hinted_in_the_background() {
+    let c = cluster(3);
+    let keys = keys(16);
+    let writes: Vec<(Bytes, WriteCmd)> = keys.iter().map(|k| (k.clone(), set_of("v"))).collect();
+    c.batches.failing_late.lock().insert("n3".into());
+    let outcomes = write_many(&c.coordinators[0], writes, QUORUM).await;
+    assert!(outcomes.iter().all(|o| *o == Ok(true)), "{outcomes:?}");
+    assert_eq!(c.hints[0].queued(), 0, "answered before n3 failed");
+    for _ in 0..100 {
+        if c.hints[0].queued() == keys.len() as u64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        c.hints[0].queued(),
+        keys.len() as u64,
+        "a hint per write, kept by the background finish"
+    );
+}

@@ -29,6 +29,9 @@ pub(super) struct Batches {
     pub(super) cut_short: std::sync::atomic::AtomicBool,
     /// Nodes that answer every write (single or batched) with a refusal.
     pub(super) refusing: parking_lot::Mutex<HashSet<String>>,
+    /// Nodes whose calls fail as unreachable, but only after 20 ms: after
+    /// the other replicas answered.
+    pub(super) failing_late: parking_lot::Mutex<HashSet<String>>,
 }
 
 impl Transport for TestNet {
@@ -41,6 +44,10 @@ impl Transport for TestNet {
         };
         if self.down.lock().contains(to) {
             return Err(NetError::Unreachable("connection refused".into()));
+        }
+        if self.batches.failing_late.lock().contains(to) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            return Err(NetError::Unreachable("connection reset".into()));
         }
         let handler = self
             .replicas
