@@ -200,50 +200,84 @@ impl Hints {
         key: &[u8],
         record: Bytes,
     ) -> Result<bool, StoreError> {
+        Ok(self.add_many(target, keyspace, [(key, record)])? == 1)
+    }
+
+    /// Keeps each of `writes` (key, encoded record) of `keyspace` for
+    /// `target`, as [`Self::add`] does one, with one flush for them all (a
+    /// batch of writes a primary missed). Returns how many were kept; the
+    /// others were dropped because the target's queue is full.
+    pub fn add_many<'k>(
+        &self,
+        target: &str,
+        keyspace: &str,
+        writes: impl IntoIterator<Item = (&'k [u8], Bytes)>,
+    ) -> Result<usize, StoreError> {
         let created_ms = self.hlc.wall_ms();
-        let hint = StoredHint {
-            created_ms,
-            keyspace: keyspace.to_owned(),
-            key: Bytes::copy_from_slice(key),
-            record,
-        };
-        let value = encode_hint(&hint)?;
-        let mut raw_key = queue_prefix(target);
-        raw_key.extend_from_slice(&self.next_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        let size = (raw_key.len() + value.len()) as u64;
-        {
-            let mut queues = self.queues.lock();
-            let queue = queues.entry(target.to_owned()).or_default();
-            if queue.bytes + size > self.config.max_bytes_per_target {
-                queue.dropped += 1;
-                drop(queues);
-                metrics::counter!("ringkv_hints_dropped_total", "reason" => "full").increment(1);
-                tracing::warn!(
-                    target_node = target,
-                    limit = self.config.max_bytes_per_target,
-                    "hint queue full: hint dropped (anti-entropy will repair the key)"
-                );
-                return Ok(false);
+        let (mut kept, mut bytes, mut dropped) = (0, 0, 0);
+        let mut staged = Ok(());
+        for (key, record) in writes {
+            let hint = StoredHint {
+                created_ms,
+                keyspace: keyspace.to_owned(),
+                key: Bytes::copy_from_slice(key),
+                record,
+            };
+            let value = match encode_hint(&hint) {
+                Ok(value) => value,
+                Err(e) => {
+                    staged = Err(e);
+                    break;
+                }
+            };
+            let mut raw_key = queue_prefix(target);
+            raw_key.extend_from_slice(&self.next_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+            let size = (raw_key.len() + value.len()) as u64;
+            let queued = self.queues.lock().get(target).map_or(0, |q| q.bytes);
+            if queued + bytes + size > self.config.max_bytes_per_target {
+                dropped += 1;
+                continue;
             }
+            if let Err(e) = self.engine.put(raw_key.into(), value.into()) {
+                staged = Err(e.into());
+                break;
+            }
+            kept += 1;
+            bytes += size;
         }
-        self.engine.put(raw_key.into(), value.into())?;
-        // NOTE: into the OS at once, so a crash of this process keeps it;
-        // onto the disk now only under `fsync = always`.
-        self.engine.flush(if self.config.sync_each {
-            Durability::Sync
-        } else {
-            Durability::Buffer
-        })?;
-        {
+        if dropped > 0 {
+            self.queues
+                .lock()
+                .entry(target.to_owned())
+                .or_default()
+                .dropped += dropped;
+            metrics::counter!("ringkv_hints_dropped_total", "reason" => "full").increment(dropped);
+            tracing::warn!(
+                target_node = target,
+                dropped,
+                limit = self.config.max_bytes_per_target,
+                "hint queue full: hints dropped (anti-entropy will repair the keys)"
+            );
+        }
+        if kept > 0 {
+            // NOTE: into the OS at once, so a crash of this process keeps
+            // them; onto the disk now only under `fsync = always`.
+            self.engine.flush(if self.config.sync_each {
+                Durability::Sync
+            } else {
+                Durability::Buffer
+            })?;
             let mut queues = self.queues.lock();
             let queue = queues.entry(target.to_owned()).or_default();
-            queue.hints += 1;
-            queue.bytes += size;
+            queue.hints += kept as u64;
+            queue.bytes += bytes;
             queue.oldest_ms.get_or_insert(created_ms);
+            drop(queues);
+            metrics::counter!("ringkv_hints_stored_total").increment(kept as u64);
+            self.publish_gauges();
         }
-        metrics::counter!("ringkv_hints_stored_total").increment(1);
-        self.publish_gauges();
-        Ok(true)
+        staged?;
+        Ok(kept)
     }
 
     /// Hints waiting, over every target.
@@ -582,6 +616,70 @@ mod tests {
         assert_eq!(queues["node2"].delivered, 300);
         assert_eq!(queues["node3"].hints, 1);
         assert_eq!(hints.targets(), ["node3"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_hints_is_kept_with_one_flush_up_to_the_byte_bound() {
+        #[derive(Default)]
+        struct Flushes {
+            inner: MemoryEngine,
+            flushes: std::sync::atomic::AtomicUsize,
+        }
+        impl crate::storage::Engine for Flushes {
+            fn get(&self, key: &[u8]) -> Result<Option<Bytes>, crate::storage::StorageError> {
+                self.inner.get(key)
+            }
+            fn put(&self, key: Bytes, value: Bytes) -> Result<(), crate::storage::StorageError> {
+                self.inner.put(key, value)
+            }
+            fn remove(&self, key: &[u8]) -> Result<(), crate::storage::StorageError> {
+                self.inner.remove(key)
+            }
+            fn scan(
+                &self,
+                start: &[u8],
+                end: Option<&[u8]>,
+                limit: usize,
+            ) -> Result<Vec<crate::storage::KeyValue>, crate::storage::StorageError> {
+                self.inner.scan(start, end, limit)
+            }
+            fn flush(&self, durability: Durability) -> Result<(), crate::storage::StorageError> {
+                self.flushes
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.inner.flush(durability)
+            }
+            fn size_bytes(&self) -> u64 {
+                0
+            }
+            fn kind(&self) -> &'static str {
+                "flushes"
+            }
+        }
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let small = HintConfig {
+            window_ms: 10_000,
+            max_bytes_per_target: 500,
+            sync_each: false,
+        };
+        let engine = Arc::new(Flushes::default());
+        let hints = Hints::open(engine.clone(), small, hlc(&clock)).unwrap();
+        let record = Bytes::from(vec![7u8; 60]);
+        let keys: Vec<[u8; 1]> = (0..10u8).map(|i| [i]).collect();
+        let writes = keys.iter().map(|k| (&k[..], record.clone()));
+        let kept = hints.add_many("node2", "default", writes).unwrap();
+        assert!(
+            kept > 1 && kept < 10,
+            "some fit, the rest were dropped: {kept}"
+        );
+        assert_eq!(engine.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let queue = &hints.queues()["node2"];
+        assert_eq!(queue.hints, kept as u64);
+        assert_eq!(queue.dropped, 10 - kept as u64);
+        assert!(queue.bytes <= 500, "{}", queue.bytes);
+        let net = Recorder::default();
+        *net.up.lock() = true;
+        let report = hints.deliver("node2", &net, 1000).await.unwrap();
+        assert_eq!(report.delivered, kept as u64);
     }
 
     #[tokio::test]

@@ -113,12 +113,8 @@ impl<T: Transport> QuorumStore<T> {
     {
         let keeper = self.hint_keeper();
         let keep_hint = move |target: &Arc<str>| {
-            keeper(
-                target,
-                &requests.keyspace,
-                &requests.key,
-                requests.record.clone(),
-            )
+            let write = (&requests.key[..], requests.record.clone());
+            keeper.keep(target, &requests.keyspace, [write]);
         };
         for target in unhinted {
             keep_hint(target);
@@ -133,21 +129,11 @@ impl<T: Transport> QuorumStore<T> {
         self.finish_late(calls, 1, settle).await;
     }
 
-    /// Keeps a hint of a write (keyspace, key, encoded record) for a
-    /// target primary, unless the target is this node (its own refusal
-    /// would refuse the hint too); a hint that cannot be kept is logged.
-    pub(super) fn hint_keeper(
-        &self,
-    ) -> impl Fn(&Arc<str>, &str, &[u8], Bytes) + Clone + Send + 'static {
-        let hints = self.hints.clone();
-        let me = self.me.clone();
-        move |target, keyspace, key, record| {
-            if let Some(hints) = &hints
-                && *target != me
-                && let Err(e) = hints.add(target, keyspace, key, record)
-            {
-                tracing::error!(target_node = %target, error = %e, "could not keep a hint");
-            }
+    /// What keeps hints for the writes a primary missed.
+    pub(super) fn hint_keeper(&self) -> HintKeeper {
+        HintKeeper {
+            hints: self.hints.clone(),
+            me: self.me.clone(),
         }
     }
 
@@ -283,6 +269,32 @@ impl Requests {
             keyspace: self.keyspace.clone(),
             key: self.key.clone(),
             record: self.record.clone(),
+        }
+    }
+}
+
+/// Keeps hints of writes (keyspace, key, encoded record) for a target
+/// primary, unless the target is this node (its own refusal would refuse
+/// the hint too); hints that cannot be kept are logged.
+#[derive(Clone)]
+pub(super) struct HintKeeper {
+    hints: Option<Arc<crate::coordinator::Hints>>,
+    me: Arc<str>,
+}
+
+impl HintKeeper {
+    /// Keeps `writes` for `target`, with one flush.
+    pub(super) fn keep<'k>(
+        &self,
+        target: &Arc<str>,
+        keyspace: &str,
+        writes: impl IntoIterator<Item = (&'k [u8], Bytes)>,
+    ) {
+        if let Some(hints) = &self.hints
+            && *target != self.me
+            && let Err(e) = hints.add_many(target, keyspace, writes)
+        {
+            tracing::error!(target_node = %target, error = %e, "could not keep hints");
         }
     }
 }

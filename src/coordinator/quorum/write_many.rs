@@ -184,23 +184,29 @@ impl<T: Transport> QuorumStore<T> {
     {
         let keeper = self.hint_keeper();
         let writes = encoded.len();
-        let keep_hint = move |target: &Arc<str>, index: usize| {
-            let (key, record) = &encoded[index];
-            keeper(target, &keyspace, key, record.clone());
+        // NOTE: one flush of the hint store per target and per answer, not
+        // one per write.
+        let keep_hints = move |target: &Arc<str>, indexes: &mut dyn Iterator<Item = usize>| {
+            let missed = indexes.map(|i| (&encoded[i].0[..], encoded[i].1.clone()));
+            keeper.keep(target, &keyspace, missed);
         };
+        let mut by_target = ByNode::default();
         for (index, write) in started.iter().enumerate() {
             if let Ok(Some(write)) = write {
                 for target in &write.unhinted {
-                    keep_hint(target, index);
+                    by_target.add(target, index);
                 }
             }
         }
+        for (target, indexes) in by_target.0 {
+            keep_hints(&target, &mut indexes.into_iter());
+        }
         let settle = move |(node, members, answer): BatchAnswer| {
-            for (index, outcome) in outcomes(&members, answer) {
-                if let Err((_, false)) = outcome {
-                    keep_hint(&node, index);
-                }
-            }
+            let mut missed = outcomes(&members, answer)
+                .into_iter()
+                .filter(|(_, outcome)| matches!(outcome, Err((_, false))))
+                .map(|(index, _)| index);
+            keep_hints(&node, &mut missed);
         };
         self.finish_late(calls, writes, settle).await;
     }
