@@ -206,7 +206,9 @@ impl Hints {
     /// Keeps each of `writes` (key, encoded record) of `keyspace` for
     /// `target`, as [`Self::add`] does one, with one flush for them all (a
     /// batch of writes a primary missed). Returns how many were kept; the
-    /// others were dropped because the target's queue is full.
+    /// others were dropped because the target's queue is full. On an error
+    /// the writes not yet stored are dropped (and counted), while those
+    /// stored stay kept and counted: delivering one twice is harmless.
     pub fn add_many<'k>(
         &self,
         target: &str,
@@ -214,70 +216,104 @@ impl Hints {
         writes: impl IntoIterator<Item = (&'k [u8], Bytes)>,
     ) -> Result<usize, StoreError> {
         let created_ms = self.hlc.wall_ms();
-        let (mut kept, mut bytes, mut dropped) = (0, 0, 0);
-        let mut staged = Ok(());
+        let prefix = queue_prefix(target);
+        let (mut kept, mut full, mut lost) = (0, 0u64, 0u64);
+        let mut failed = None;
         for (key, record) in writes {
+            if failed.is_some() {
+                lost += 1;
+                continue;
+            }
             let hint = StoredHint {
                 created_ms,
                 keyspace: keyspace.to_owned(),
                 key: Bytes::copy_from_slice(key),
                 record,
             };
-            let value = match encode_hint(&hint) {
-                Ok(value) => value,
+            match self.store_one(target, &prefix, &hint) {
+                Ok(true) => kept += 1,
+                Ok(false) => full += 1,
                 Err(e) => {
-                    staged = Err(e);
-                    break;
+                    lost += 1;
+                    failed = Some(e);
                 }
-            };
-            let mut raw_key = queue_prefix(target);
-            raw_key.extend_from_slice(&self.next_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-            let size = (raw_key.len() + value.len()) as u64;
-            let queued = self.queues.lock().get(target).map_or(0, |q| q.bytes);
-            if queued + bytes + size > self.config.max_bytes_per_target {
-                dropped += 1;
-                continue;
             }
-            if let Err(e) = self.engine.put(raw_key.into(), value.into()) {
-                staged = Err(e.into());
-                break;
-            }
-            kept += 1;
-            bytes += size;
-        }
-        if dropped > 0 {
-            self.queues
-                .lock()
-                .entry(target.to_owned())
-                .or_default()
-                .dropped += dropped;
-            metrics::counter!("ringkv_hints_dropped_total", "reason" => "full").increment(dropped);
-            tracing::warn!(
-                target_node = target,
-                dropped,
-                limit = self.config.max_bytes_per_target,
-                "hint queue full: hints dropped (anti-entropy will repair the keys)"
-            );
         }
         if kept > 0 {
             // NOTE: into the OS at once, so a crash of this process keeps
             // them; onto the disk now only under `fsync = always`.
-            self.engine.flush(if self.config.sync_each {
+            let durability = if self.config.sync_each {
                 Durability::Sync
             } else {
                 Durability::Buffer
-            })?;
-            let mut queues = self.queues.lock();
-            let queue = queues.entry(target.to_owned()).or_default();
-            queue.hints += kept as u64;
-            queue.bytes += bytes;
-            queue.oldest_ms.get_or_insert(created_ms);
-            drop(queues);
+            };
+            if let Err(e) = self.engine.flush(durability) {
+                failed.get_or_insert(e.into());
+            }
             metrics::counter!("ringkv_hints_stored_total").increment(kept as u64);
             self.publish_gauges();
         }
-        staged?;
-        Ok(kept)
+        self.count_dropped(target, full, lost);
+        failed.map_or(Ok(kept), Err)
+    }
+
+    /// Stores one hint for `target`, counted in its queue before it is
+    /// written (a delivery that finds it then finds it counted); false, and
+    /// not stored, when the queue is full.
+    fn store_one(
+        &self,
+        target: &str,
+        prefix: &[u8],
+        hint: &StoredHint,
+    ) -> Result<bool, StoreError> {
+        let value = encode_hint(hint)?;
+        let mut raw_key = prefix.to_vec();
+        raw_key.extend_from_slice(&self.next_seq.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        let size = (raw_key.len() + value.len()) as u64;
+        {
+            let mut queues = self.queues.lock();
+            let queue = queues.entry(target.to_owned()).or_default();
+            if queue.bytes + size > self.config.max_bytes_per_target {
+                return Ok(false);
+            }
+            queue.hints += 1;
+            queue.bytes += size;
+            queue.oldest_ms.get_or_insert(hint.created_ms);
+        }
+        if let Err(e) = self.engine.put(raw_key.into(), value.into()) {
+            let mut queues = self.queues.lock();
+            if let Some(queue) = queues.get_mut(target) {
+                queue.hints = queue.hints.saturating_sub(1);
+                queue.bytes = queue.bytes.saturating_sub(size);
+            }
+            return Err(e.into());
+        }
+        Ok(true)
+    }
+
+    /// Counts hints for `target` dropped because its queue was `full`, or
+    /// `lost` to an error.
+    fn count_dropped(&self, target: &str, full: u64, lost: u64) {
+        if full + lost == 0 {
+            return;
+        }
+        self.queues
+            .lock()
+            .entry(target.to_owned())
+            .or_default()
+            .dropped += full + lost;
+        if full > 0 {
+            metrics::counter!("ringkv_hints_dropped_total", "reason" => "full").increment(full);
+            tracing::warn!(
+                target_node = target,
+                dropped = full,
+                limit = self.config.max_bytes_per_target,
+                "hint queue full: hints dropped (anti-entropy will repair the keys)"
+            );
+        }
+        if lost > 0 {
+            metrics::counter!("ringkv_hints_dropped_total", "reason" => "error").increment(lost);
+        }
     }
 
     /// Hints waiting, over every target.
@@ -537,6 +573,7 @@ async fn delivery_round<T: Transport>(
 mod tests {
     use super::*;
     use crate::net::{NetError, PeerId};
+    use crate::storage::testing::CountingEngine;
     use crate::storage::{FjallEngine, MemoryEngine};
     use crate::version::ManualClock;
 
@@ -620,66 +657,42 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_of_hints_is_kept_with_one_flush_up_to_the_byte_bound() {
-        #[derive(Default)]
-        struct Flushes {
-            inner: MemoryEngine,
-            flushes: std::sync::atomic::AtomicUsize,
-        }
-        impl crate::storage::Engine for Flushes {
-            fn get(&self, key: &[u8]) -> Result<Option<Bytes>, crate::storage::StorageError> {
-                self.inner.get(key)
-            }
-            fn put(&self, key: Bytes, value: Bytes) -> Result<(), crate::storage::StorageError> {
-                self.inner.put(key, value)
-            }
-            fn remove(&self, key: &[u8]) -> Result<(), crate::storage::StorageError> {
-                self.inner.remove(key)
-            }
-            fn scan(
-                &self,
-                start: &[u8],
-                end: Option<&[u8]>,
-                limit: usize,
-            ) -> Result<Vec<crate::storage::KeyValue>, crate::storage::StorageError> {
-                self.inner.scan(start, end, limit)
-            }
-            fn flush(&self, durability: Durability) -> Result<(), crate::storage::StorageError> {
-                self.flushes
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                self.inner.flush(durability)
-            }
-            fn size_bytes(&self) -> u64 {
-                0
-            }
-            fn kind(&self) -> &'static str {
-                "flushes"
-            }
-        }
+        use std::sync::atomic::Ordering::SeqCst;
         let clock = Arc::new(ManualClock::new(1_000_000));
         let small = HintConfig {
             window_ms: 10_000,
             max_bytes_per_target: 500,
             sync_each: false,
         };
-        let engine = Arc::new(Flushes::default());
+        let engine = Arc::new(CountingEngine::default());
         let hints = Hints::open(engine.clone(), small, hlc(&clock)).unwrap();
         let record = Bytes::from(vec![7u8; 60]);
         let keys: Vec<[u8; 1]> = (0..10u8).map(|i| [i]).collect();
         let writes = keys.iter().map(|k| (&k[..], record.clone()));
         let kept = hints.add_many("node2", "default", writes).unwrap();
-        assert!(
-            kept > 1 && kept < 10,
-            "some fit, the rest were dropped: {kept}"
-        );
-        assert_eq!(engine.flushes.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(engine.flushes.load(SeqCst), 1, "one flush for the batch");
         let queue = &hints.queues()["node2"];
+        let size = queue.bytes / kept as u64;
+        assert_eq!(queue.bytes, size * kept as u64, "hints of one size");
+        assert!(
+            queue.bytes <= 500 && queue.bytes + size > 500,
+            "filled to the bound"
+        );
         assert_eq!(queue.hints, kept as u64);
         assert_eq!(queue.dropped, 10 - kept as u64);
-        assert!(queue.bytes <= 500, "{}", queue.bytes);
         let net = Recorder::default();
         *net.up.lock() = true;
         let report = hints.deliver("node2", &net, 1000).await.unwrap();
         assert_eq!(report.delivered, kept as u64);
+
+        // A flush that fails: an error, but what was stored stays counted
+        // (it is in the engine and would be delivered).
+        engine.broken.store(true, SeqCst);
+        let writes = keys.iter().take(3).map(|k| (&k[..], record.clone()));
+        assert!(hints.add_many("node3", "default", writes).is_err());
+        assert_eq!(hints.queues()["node3"].hints, 3);
+        let stored = engine.scan(&queue_prefix("node3"), None, 100).unwrap();
+        assert_eq!(stored.len(), 3);
     }
 
     #[tokio::test]

@@ -14,6 +14,8 @@ mod memory;
 pub mod meta;
 #[cfg(test)]
 mod suite;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use bytes::Bytes;
 

@@ -8,6 +8,7 @@ use crate::coordinator::{ExpiryUpdate, LocalStoreConfig, ReplicaHandler, SetCond
 use crate::net::{Handler, PeerId};
 use crate::ring::NodeSpec;
 use crate::storage::MemoryEngine;
+use crate::storage::testing::CountingEngine;
 use crate::version::{Hlc, ManualClock};
 
 /// Calls replicas in-process; nodes in `down` are unreachable.
@@ -235,52 +236,6 @@ pub(super) const QUORUM: Consistency = Consistency {
     write: Level::Quorum,
     sloppy: false,
 };
-
-/// The memory engine, counting flushes as if it were durable.
-#[derive(Default)]
-struct CountingEngine {
-    inner: MemoryEngine,
-    flushes: std::sync::atomic::AtomicUsize,
-    /// Every flush fails (a full or broken disk).
-    broken: std::sync::atomic::AtomicBool,
-}
-
-impl crate::storage::Engine for CountingEngine {
-    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, crate::storage::StorageError> {
-        self.inner.get(key)
-    }
-    fn put(&self, key: Bytes, value: Bytes) -> Result<(), crate::storage::StorageError> {
-        self.inner.put(key, value)
-    }
-    fn remove(&self, key: &[u8]) -> Result<(), crate::storage::StorageError> {
-        self.inner.remove(key)
-    }
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<crate::storage::KeyValue>, crate::storage::StorageError> {
-        self.inner.scan(start, end, limit)
-    }
-    fn flush(
-        &self,
-        _durability: crate::storage::Durability,
-    ) -> Result<(), crate::storage::StorageError> {
-        self.flushes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(crate::storage::StorageError::Task("disk on fire".into()));
-        }
-        Ok(())
-    }
-    fn size_bytes(&self) -> u64 {
-        self.inner.size_bytes()
-    }
-    fn kind(&self) -> &'static str {
-        "counting"
-    }
-}
 
 /// A one-node coordinator over `engine`, the only replica of every key.
 fn lone_coordinator(engine: Arc<CountingEngine>) -> (QuorumStore<TestNet>, Arc<LocalStore>) {
