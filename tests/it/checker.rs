@@ -225,21 +225,74 @@ pub(crate) async fn send(
     addr: Option<SocketAddr>,
     conns: &mut Conns,
 ) -> Outcome {
+    let con = match connection(node, addr, conns).await {
+        Ok(con) => con,
+        Err(lost) => return lost,
+    };
+    outcome(cmd.query_async::<Option<String>>(con).await)
+}
+
+/// The cached connection of `node` to `addr` (reconnecting when the address
+/// changed), or the outcome of an operation that cannot be sent.
+async fn connection(
+    node: usize,
+    addr: Option<SocketAddr>,
+    conns: &mut Conns,
+) -> Result<&mut MultiplexedConnection, Outcome> {
     let Some(addr) = addr else {
-        return Outcome::Lost("every node is down".into());
+        return Err(Outcome::Lost("every node is down".into()));
     };
     if conns[node].as_ref().is_none_or(|(a, _)| *a != addr) {
         match try_connect(&client_for(addr, "")).await {
             Ok(con) => conns[node] = Some((addr, con)),
-            Err(e) => return Outcome::Lost(format!("connect: {e}")),
+            Err(e) => return Err(Outcome::Lost(format!("connect: {e}"))),
         }
     }
-    let (_, con) = conns[node].as_mut().expect("connected above");
-    match cmd.query_async::<Option<String>>(con).await {
+    Ok(&mut conns[node].as_mut().expect("connected above").1)
+}
+
+/// A reply as an operation's outcome: nil, a bulk string or an integer
+/// (rendered as text) is `Ok`, an error reply `Refused`, no reply `Lost`.
+fn outcome(reply: redis::RedisResult<Option<String>>) -> Outcome {
+    match reply {
         Ok(reply) => Outcome::Ok(reply),
         Err(e) if e.code().is_some() && !e.is_io_error() => Outcome::Refused(error_text(&e)),
         Err(e) => Outcome::Lost(e.to_string()),
     }
+}
+
+/// Sends `pipe` (`len` commands whose replies are not ignored) like
+/// [`send_bounded`]: one outcome per command, each failing on its own; all
+/// `Lost` when the pipeline got no answer within `limit`.
+pub(crate) async fn send_pipeline_bounded(
+    pipe: &redis::Pipeline,
+    len: usize,
+    node: usize,
+    addr: Option<SocketAddr>,
+    conns: &mut Conns,
+    limit: Duration,
+) -> Vec<Outcome> {
+    let send = async {
+        let con = connection(node, addr, conns).await?;
+        match pipe
+            .query_async::<Vec<redis::RedisResult<Option<String>>>>(con)
+            .await
+        {
+            Ok(replies) if replies.len() == len => Ok(replies.into_iter().map(outcome).collect()),
+            Ok(replies) => Err(Outcome::Lost(format!(
+                "{} replies for {len}",
+                replies.len()
+            ))),
+            Err(e) => Err(Outcome::Lost(e.to_string())),
+        }
+    };
+    let lost = match tokio::time::timeout(limit, send).await {
+        Ok(Ok(outcomes)) => return outcomes,
+        Ok(Err(lost)) => lost,
+        Err(_) => Outcome::Lost(format!("no answer within {limit:?}")),
+    };
+    conns[node] = None;
+    vec![lost; len]
 }
 
 /// `send` bounded by `limit` (a timeout is a lost operation); drops the

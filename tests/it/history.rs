@@ -25,6 +25,13 @@
 //! memory engine a restarted node comes back empty, and a `W one` write held
 //! only by it would be lost by design, not by a bug.
 //!
+//! One operation in four is a batch: a pipeline of plain GETs (or SETs) of
+//! distinct keys after a CONSISTENCY that sets a level meeting every one of
+//! their regimes, which a coordinator reads (or writes) as one batch per
+//! replica (`ReadMany`, `WriteMany`). Each of its commands is an operation
+//! of the history, begun when the pipeline was sent and completed when its
+//! replies came back.
+//!
 //! After the run, every key must read the same value through every node at
 //! `R all` within a bounded wait (there is no read repair or anti-entropy yet,
 //! so replicas may differ, but a read at `all` merges them all); those final
@@ -47,7 +54,8 @@ use tokio::sync::watch;
 
 use crate::checker::{
     Conns, FINAL_TASK, Kind, Op, Regime, Rng, SAME_CLOCK_SLACK, acked, assert_no_violations,
-    final_reads, key_regimes, live_coordinator, seed, send_bounded, summary, wait_for_full_cluster,
+    final_reads, key_regimes, live_coordinator, seed, send_bounded, send_pipeline_bounded, summary,
+    wait_for_full_cluster,
 };
 use crate::cluster::TestCluster;
 
@@ -55,6 +63,9 @@ const NODES: usize = 3;
 const TASKS: usize = 8;
 const OPS_PER_TASK: usize = 600;
 const KEYS: usize = 5;
+/// One operation in this many is a batch: a pipeline of 2 to `KEYS` plain
+/// GETs or SETs of distinct keys.
+const BATCH_ONE_IN: usize = 4;
 /// The whole workload stops here, however many operations are left.
 const RUN_LIMIT: Duration = Duration::from_secs(25);
 /// One operation (connect included) gets at most this long.
@@ -81,26 +92,41 @@ struct Shared {
 /// What a client is about to do; drawn before any I/O so the seed fixes it.
 struct Plan {
     node: usize,
-    key: usize,
+    /// One key (a `KV.GET` or `KV.PUT`), or several distinct ones: a
+    /// pipeline of plain GETs or SETs at the connection's levels, which the
+    /// coordinator reads or writes as one batch.
+    keys: Vec<usize>,
     kind: Kind,
     level: &'static str,
     pause: Duration,
 }
 
 fn plan_op(rng: &mut Rng, regimes: &[Regime]) -> Plan {
-    let key = rng.below(KEYS);
     let kind = if rng.below(2) == 0 {
         Kind::Write
     } else {
         Kind::Read
     };
-    let levels = match kind {
-        Kind::Write | Kind::Delete => regimes[key].write_levels(),
-        Kind::Read => regimes[key].read_levels(),
+    let keys: Vec<usize> = if rng.below(BATCH_ONE_IN) == 0 {
+        let (first, len) = (rng.below(KEYS), 2 + rng.below(KEYS - 1));
+        (0..len).map(|i| (first + i) % KEYS).collect()
+    } else {
+        vec![rng.below(KEYS)]
+    };
+    let levels_of = |regime: Regime| match kind {
+        Kind::Write | Kind::Delete => regime.write_levels(),
+        Kind::Read => regime.read_levels(),
+    };
+    // NOTE: a batch shares one level: its keys' own when they all mix
+    // quorums, else `all`, which meets every regime's other side.
+    let levels = match keys.as_slice() {
+        [key] => levels_of(regimes[*key]),
+        _ if keys.iter().all(|&k| regimes[k] == Regime::Quorums) => levels_of(Regime::Quorums),
+        _ => &["all"],
     };
     Plan {
         node: rng.below(NODES),
-        key,
+        keys,
         kind,
         level: rng.pick(levels),
         pause: Duration::from_micros(rng.below(3000) as u64),
@@ -124,7 +150,11 @@ async fn client(task: usize, shared: Arc<Shared>, mut restarted: watch::Receiver
         }
         let plan = plan_op(&mut rng, &shared.regimes);
         tokio::time::sleep(plan.pause).await;
-        ops.push(run_op(task, seq, plan, &shared, &mut conns).await);
+        if plan.keys.len() == 1 {
+            ops.push(run_op(task, seq, plan, &shared, &mut conns).await);
+        } else {
+            ops.extend(run_batch(task, seq, plan, &shared, &mut conns).await);
+        }
         shared.completed.fetch_add(1, Ordering::Relaxed);
     }
     ops
@@ -132,7 +162,7 @@ async fn client(task: usize, shared: Arc<Shared>, mut restarted: watch::Receiver
 
 async fn run_op(task: usize, seq: usize, plan: Plan, shared: &Shared, conns: &mut Conns) -> Op {
     let (node, addr) = live_coordinator(&shared.addrs.lock().unwrap(), plan.node);
-    let key = key_name(plan.key);
+    let key = key_name(plan.keys[0]);
     let value = (plan.kind == Kind::Write).then(|| format!("{task}-{seq}"));
     let mut cmd = match &value {
         Some(v) => redis::cmd("KV.PUT").arg(&key).arg(v).arg("W").clone(),
@@ -145,7 +175,7 @@ async fn run_op(task: usize, seq: usize, plan: Plan, shared: &Shared, conns: &mu
         task,
         seq,
         node,
-        key: plan.key,
+        key: plan.keys[0],
         kind: plan.kind,
         level: plan.level,
         value,
@@ -153,6 +183,61 @@ async fn run_op(task: usize, seq: usize, plan: Plan, shared: &Shared, conns: &mu
         complete: Instant::now(),
         outcome,
     }
+}
+
+/// A pipeline of plain GETs or SETs of `plan.keys` after a CONSISTENCY
+/// that sets the plan's level: one operation per key, all begun when the
+/// pipeline is sent and completed when its replies are in.
+async fn run_batch(
+    task: usize,
+    seq: usize,
+    plan: Plan,
+    shared: &Shared,
+    conns: &mut Conns,
+) -> Vec<Op> {
+    let (node, addr) = live_coordinator(&shared.addrs.lock().unwrap(), plan.node);
+    let (read, write) = match plan.kind {
+        Kind::Read => (plan.level, "all"),
+        Kind::Write | Kind::Delete => ("all", plan.level),
+    };
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.cmd("CONSISTENCY")
+        .arg("READ")
+        .arg(read)
+        .arg("WRITE")
+        .arg(write)
+        .ignore();
+    let values: Vec<Option<String>> = (0..plan.keys.len())
+        .map(|j| (plan.kind == Kind::Write).then(|| format!("{task}-{seq}.{j}")))
+        .collect();
+    for (&key, value) in plan.keys.iter().zip(&values) {
+        match value {
+            Some(v) => pipe.cmd("SET").arg(key_name(key)).arg(v),
+            None => pipe.cmd("GET").arg(key_name(key)),
+        };
+    }
+    let invoke = Instant::now();
+    let len = plan.keys.len();
+    let outcomes = send_pipeline_bounded(&pipe, len, node, addr, conns, OP_TIMEOUT).await;
+    let complete = Instant::now();
+    plan.keys
+        .iter()
+        .zip(values)
+        .zip(outcomes)
+        .map(|((&key, value), outcome)| Op {
+            task,
+            seq,
+            node,
+            key,
+            kind: plan.kind,
+            level: plan.level,
+            value,
+            invoke,
+            complete,
+            outcome,
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- controller
