@@ -150,6 +150,7 @@ impl<T: Transport> QuorumStore<T> {
             ask.map(move |answers| (peer, members, answers))
         });
         let hlc = self.local.hlc();
+        let mut asked_alone = 0;
         for (peer, members, (records, failure)) in futures_util::future::join_all(asks).await {
             let mut records = records.into_iter();
             for at in members {
@@ -159,6 +160,7 @@ impl<T: Transport> QuorumStore<T> {
                     (None, Some((why, false))) => Err(why.clone()),
                     (None, _) => {
                         read.rest.insert(0, peer.clone());
+                        asked_alone += 1;
                         continue;
                     }
                 };
@@ -167,6 +169,10 @@ impl<T: Transport> QuorumStore<T> {
                     Err(why) => read.bad.push((peer.clone(), Err(why))),
                 }
             }
+        }
+        if asked_alone > 0 {
+            metrics::counter!("ringkv_batch_read_retries_total", "reason" => "refused")
+                .increment(asked_alone);
         }
     }
 
@@ -188,6 +194,10 @@ impl<T: Transport> QuorumStore<T> {
             };
             let failure = match self.call_replica(peer.clone(), request).await.1 {
                 Ok(Response::Records(more)) if !more.is_empty() && more.len() <= left => {
+                    if more.len() < left {
+                        metrics::counter!("ringkv_batch_read_retries_total", "reason" => "cut_short")
+                            .increment(1);
+                    }
                     records.extend(more);
                     continue;
                 }
