@@ -423,15 +423,55 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// `count` free loopback ports, found by binding and releasing them.
+/// `count` loopback ports, free for TCP and UDP, that no other test of this
+/// process was given, from below the kernel's ephemeral range.
+///
+/// NOTE: a node restarted on its port (peers know it) must find it free.
+/// Ports the kernel picks (`bind` to port 0) are ephemeral: while the node
+/// was down, the source port of any new connection, or another test's
+/// port, could take it (seen: "Address already in use" on restart).
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        ephemeral > LOWEST + 1_000,
+        "the ephemeral port range starts at {ephemeral}: no room below it for test ports"
+    );
+    let mut given = GIVEN.lock().unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut state = (u64::from(std::process::id()) << 32 ^ nanos) | 1;
+    let mut ports = Vec::with_capacity(count);
+    for _ in 0..100_000 {
+        if ports.len() == count {
+            break;
+        }
+        // NOTE: xorshift; the seed differs per process, so concurrent test
+        // binaries start at different ports.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = LOWEST + (state % u64::from(ephemeral - LOWEST)) as u16;
+        let free = || {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        };
+        if !given.contains(&port) && free() {
+            given.push(port);
+            ports.push(port);
+        }
+    }
+    assert_eq!(
+        ports.len(),
+        count,
+        "no free loopback ports below {ephemeral}"
+    );
+    ports
 }
 
 /// The value of `name=` in a structured log line.
