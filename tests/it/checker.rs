@@ -261,10 +261,94 @@ fn outcome(reply: redis::RedisResult<Option<String>>) -> Outcome {
     }
 }
 
+/// Keys of a batch operation (a pipeline of plain GETs or SETs, which a
+/// coordinator reads or writes as one batch per replica): 2 to `keys`
+/// distinct keys, or `None` for a single-key operation (three in four).
+pub(crate) fn draw_batch(rng: &mut Rng, keys: usize) -> Option<Vec<usize>> {
+    if rng.below(4) != 0 {
+        return None;
+    }
+    let (first, len) = (rng.below(keys), 2 + rng.below(keys - 1));
+    Some((0..len).map(|i| (first + i) % keys).collect())
+}
+
+/// The levels a batch of `keys` may use for `kind`: their regime's when
+/// they all mix quorums, else `all`, which meets every regime's other side.
+pub(crate) fn batch_levels(
+    regimes: &[Regime],
+    keys: &[usize],
+    kind: Kind,
+) -> &'static [&'static str] {
+    if !keys.iter().all(|&k| regimes[k] == Regime::Quorums) {
+        return &["all"];
+    }
+    match kind {
+        Kind::Read => Regime::Quorums.read_levels(),
+        Kind::Write | Kind::Delete => Regime::Quorums.write_levels(),
+    }
+}
+
+/// A batch operation as the history sees it: a pipeline of a CONSISTENCY
+/// setting `level`, then a plain GET (or SET, of a value unique to `task`
+/// and `seq`) per key; one operation per key, all begun when the pipeline
+/// is sent and completed when its replies are in.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_batch(
+    (task, seq): (usize, usize),
+    (node, addr): (usize, Option<SocketAddr>),
+    keys: &[usize],
+    key_name: &(dyn Fn(usize) -> String + Sync),
+    kind: Kind,
+    level: &'static str,
+    conns: &mut Conns,
+    limit: Duration,
+) -> Vec<Op> {
+    let (read, write) = match kind {
+        Kind::Read => (level, "all"),
+        Kind::Write | Kind::Delete => ("all", level),
+    };
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    pipe.cmd("CONSISTENCY")
+        .arg("READ")
+        .arg(read)
+        .arg("WRITE")
+        .arg(write)
+        .ignore();
+    let values: Vec<Option<String>> = (0..keys.len())
+        .map(|j| (kind == Kind::Write).then(|| format!("{task}-{seq}.{j}")))
+        .collect();
+    for (&key, value) in keys.iter().zip(&values) {
+        match value {
+            Some(v) => pipe.cmd("SET").arg(key_name(key)).arg(v),
+            None => pipe.cmd("GET").arg(key_name(key)),
+        };
+    }
+    let invoke = Instant::now();
+    let outcomes = send_pipeline_bounded(&pipe, keys.len(), node, addr, conns, limit).await;
+    let complete = Instant::now();
+    keys.iter()
+        .zip(values)
+        .zip(outcomes)
+        .map(|((&key, value), outcome)| Op {
+            task,
+            seq,
+            node,
+            key,
+            kind,
+            level,
+            value,
+            invoke,
+            complete,
+            outcome,
+        })
+        .collect()
+}
+
 /// Sends `pipe` (`len` commands whose replies are not ignored) like
 /// [`send_bounded`]: one outcome per command, each failing on its own; all
 /// `Lost` when the pipeline got no answer within `limit`.
-pub(crate) async fn send_pipeline_bounded(
+async fn send_pipeline_bounded(
     pipe: &redis::Pipeline,
     len: usize,
     node: usize,
@@ -550,7 +634,7 @@ pub(crate) fn excerpt(
     v: &Violation,
     history: &[Op],
     t0: Instant,
-    key_name: &dyn Fn(usize) -> String,
+    key_name: &(dyn Fn(usize) -> String + Sync),
 ) -> String {
     let from = v
         .witnesses
@@ -618,7 +702,7 @@ pub(crate) fn assert_no_violations(
     history: &[Op],
     slack: Duration,
     t0: Instant,
-    key_name: &dyn Fn(usize) -> String,
+    key_name: &(dyn Fn(usize) -> String + Sync),
     seed: u64,
     context: &str,
 ) {

@@ -54,8 +54,8 @@ use tokio::sync::watch;
 
 use crate::checker::{
     Conns, FINAL_TASK, Kind, Op, Regime, Rng, SAME_CLOCK_SLACK, acked, assert_no_violations,
-    final_reads, key_regimes, live_coordinator, seed, send_bounded, send_pipeline_bounded, summary,
-    wait_for_full_cluster,
+    batch_levels, draw_batch, final_reads, key_regimes, live_coordinator, run_batch, seed,
+    send_bounded, summary, wait_for_full_cluster,
 };
 use crate::cluster::TestCluster;
 
@@ -63,9 +63,6 @@ const NODES: usize = 3;
 const TASKS: usize = 8;
 const OPS_PER_TASK: usize = 600;
 const KEYS: usize = 5;
-/// One operation in this many is a batch: a pipeline of 2 to `KEYS` plain
-/// GETs or SETs of distinct keys.
-const BATCH_ONE_IN: usize = 4;
 /// The whole workload stops here, however many operations are left.
 const RUN_LIMIT: Duration = Duration::from_secs(25);
 /// One operation (connect included) gets at most this long.
@@ -107,22 +104,13 @@ fn plan_op(rng: &mut Rng, regimes: &[Regime]) -> Plan {
     } else {
         Kind::Read
     };
-    let keys: Vec<usize> = if rng.below(BATCH_ONE_IN) == 0 {
-        let (first, len) = (rng.below(KEYS), 2 + rng.below(KEYS - 1));
-        (0..len).map(|i| (first + i) % KEYS).collect()
-    } else {
-        vec![rng.below(KEYS)]
-    };
-    let levels_of = |regime: Regime| match kind {
-        Kind::Write | Kind::Delete => regime.write_levels(),
-        Kind::Read => regime.read_levels(),
-    };
-    // NOTE: a batch shares one level: its keys' own when they all mix
-    // quorums, else `all`, which meets every regime's other side.
+    let keys = draw_batch(rng, KEYS).unwrap_or_else(|| vec![rng.below(KEYS)]);
     let levels = match keys.as_slice() {
-        [key] => levels_of(regimes[*key]),
-        _ if keys.iter().all(|&k| regimes[k] == Regime::Quorums) => levels_of(Regime::Quorums),
-        _ => &["all"],
+        [key] => match kind {
+            Kind::Write | Kind::Delete => regimes[*key].write_levels(),
+            Kind::Read => regimes[*key].read_levels(),
+        },
+        _ => batch_levels(regimes, &keys, kind),
     };
     Plan {
         node: rng.below(NODES),
@@ -153,7 +141,7 @@ async fn client(task: usize, shared: Arc<Shared>, mut restarted: watch::Receiver
         if plan.keys.len() == 1 {
             ops.push(run_op(task, seq, plan, &shared, &mut conns).await);
         } else {
-            ops.extend(run_batch(task, seq, plan, &shared, &mut conns).await);
+            ops.extend(run_batch_op(task, seq, plan, &shared, &mut conns).await);
         }
         shared.completed.fetch_add(1, Ordering::Relaxed);
     }
@@ -185,59 +173,28 @@ async fn run_op(task: usize, seq: usize, plan: Plan, shared: &Shared, conns: &mu
     }
 }
 
-/// A pipeline of plain GETs or SETs of `plan.keys` after a CONSISTENCY
-/// that sets the plan's level: one operation per key, all begun when the
-/// pipeline is sent and completed when its replies are in.
-async fn run_batch(
+/// A batch operation ([`run_batch`]) of `plan.keys`.
+async fn run_batch_op(
     task: usize,
     seq: usize,
     plan: Plan,
     shared: &Shared,
     conns: &mut Conns,
 ) -> Vec<Op> {
-    let (node, addr) = live_coordinator(&shared.addrs.lock().unwrap(), plan.node);
-    let (read, write) = match plan.kind {
-        Kind::Read => (plan.level, "all"),
-        Kind::Write | Kind::Delete => ("all", plan.level),
-    };
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    pipe.cmd("CONSISTENCY")
-        .arg("READ")
-        .arg(read)
-        .arg("WRITE")
-        .arg(write)
-        .ignore();
-    let values: Vec<Option<String>> = (0..plan.keys.len())
-        .map(|j| (plan.kind == Kind::Write).then(|| format!("{task}-{seq}.{j}")))
-        .collect();
-    for (&key, value) in plan.keys.iter().zip(&values) {
-        match value {
-            Some(v) => pipe.cmd("SET").arg(key_name(key)).arg(v),
-            None => pipe.cmd("GET").arg(key_name(key)),
-        };
-    }
-    let invoke = Instant::now();
-    let len = plan.keys.len();
-    let outcomes = send_pipeline_bounded(&pipe, len, node, addr, conns, OP_TIMEOUT).await;
-    let complete = Instant::now();
-    plan.keys
-        .iter()
-        .zip(values)
-        .zip(outcomes)
-        .map(|((&key, value), outcome)| Op {
-            task,
-            seq,
-            node,
-            key,
-            kind: plan.kind,
-            level: plan.level,
-            value,
-            invoke,
-            complete,
-            outcome,
-        })
-        .collect()
+    let coordinator = live_coordinator(&shared.addrs.lock().unwrap(), plan.node);
+    let (keys, kind, level) = (&plan.keys, plan.kind, plan.level);
+    let ids = (task, seq);
+    run_batch(
+        ids,
+        coordinator,
+        keys,
+        &key_name,
+        kind,
+        level,
+        conns,
+        OP_TIMEOUT,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------- controller

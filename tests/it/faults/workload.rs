@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 
 use crate::checker::{
     Conns, FINAL_TASK, Kind, Op, Outcome, Regime, Rng, SAME_CLOCK_SLACK, acked,
-    assert_no_violations, final_reads, key_regimes, live_coordinator, seed, send_bounded, summary,
-    wait_for_full_cluster,
+    assert_no_violations, batch_levels, draw_batch, final_reads, key_regimes, live_coordinator,
+    run_batch, seed, send_bounded, summary, wait_for_full_cluster,
 };
 use crate::cluster::TestCluster;
 use crate::handoff::{ReplicaState, converged, inspect, wait_converged};
@@ -491,6 +491,8 @@ struct Plan {
     kind: Kind,
     read_level: &'static str,
     write_level: &'static str,
+    /// Set for a batch operation (GETs or SETs only): its keys and level.
+    batch: Option<(Vec<usize>, &'static str)>,
     pause: Duration,
 }
 
@@ -501,12 +503,19 @@ fn plan_op(rng: &mut Rng, regimes: &[Regime]) -> Plan {
         9..11 => Kind::Delete,
         _ => Kind::Read,
     };
+    let batch = draw_batch(rng, KEYS)
+        .filter(|_| kind != Kind::Delete)
+        .map(|keys| {
+            let level = rng.pick(batch_levels(regimes, &keys, kind));
+            (keys, level)
+        });
     Plan {
         node: rng.below(NODES),
         key,
         kind,
         read_level: rng.pick(regimes[key].read_levels()),
         write_level: rng.pick(regimes[key].write_levels()),
+        batch,
         pause: Duration::from_micros(rng.below(6000) as u64),
     }
 }
@@ -520,7 +529,25 @@ async fn client(task: usize, shared: Arc<Shared>) -> Vec<Op> {
     while !shared.stop.load(Ordering::Relaxed) && Instant::now() < shared.deadline {
         let plan = plan_op(&mut rng, &shared.regimes);
         tokio::time::sleep(plan.pause).await;
-        ops.push(run_op(task, seq, plan, &shared, &mut conns).await);
+        match &plan.batch {
+            Some((keys, level)) => {
+                let coordinator = live_coordinator(&shared.addrs.lock().unwrap(), plan.node);
+                let key_name = |k| key_name(shared.prefix, k);
+                let ids = (task, seq);
+                let batch = run_batch(
+                    ids,
+                    coordinator,
+                    keys,
+                    &key_name,
+                    plan.kind,
+                    level,
+                    &mut conns,
+                    OP_TIMEOUT,
+                );
+                ops.extend(batch.await);
+            }
+            None => ops.push(run_op(task, seq, plan, &shared, &mut conns).await),
+        }
         seq += 1;
     }
     ops
