@@ -118,7 +118,7 @@ impl Run {
     }
 }
 
-/// Runs a [`pipeline::Run`] of independent commands together and encodes
+/// Runs a [`Run`] of independent commands together and encodes
 /// their replies in request order. They only read the session, so each gets
 /// its own copy.
 ///
@@ -276,6 +276,25 @@ mod tests {
         assert!(run.admit(cmd(&["KV.GET", "z"])).is_ok());
         assert!(run.admit(cmd(&["KV.PUT", "z", "v"])).is_err());
         assert_eq!(run.into_commands().len(), 3);
+    }
+
+    #[test]
+    fn only_a_run_of_one_plain_command_is_a_batch() {
+        let run = |commands: &[&[&str]]| -> Vec<Vec<Bytes>> {
+            commands.iter().map(|words| cmd(words)).collect()
+        };
+        let gets = run(&[&["GET", "a"], &["get", "b"]]);
+        assert_eq!(plain_kind(&gets), Some(Cmd::Get));
+        let sets = run(&[&["SET", "a", "1"], &["set", "b", "2"]]);
+        assert_eq!(plain_kind(&sets), Some(Cmd::Set));
+        for mixed in [
+            run(&[&["GET", "a"], &["SET", "b", "1"]]),
+            run(&[&["SET", "a", "1"], &["KV.PUT", "b", "1"]]),
+            run(&[&["GET", "a"], &["KV.GET", "b"]]),
+            run(&[&["SET", "a", "1"], &["SET", "b", "1", "EX", "10"]]),
+        ] {
+            assert_eq!(plain_kind(&mixed), None, "{mixed:?}");
+        }
     }
 
     #[test]
