@@ -296,6 +296,20 @@ impl<T: Transport> QuorumStore<T> {
             .ok_or_else(|| StoreError::Layout(format!("no partition {partition} in the layout")))
     }
 
+    /// Stamps `cmd` with this node's HLC and decides, against `previous`,
+    /// the record it writes; `None` when it writes nothing.
+    fn stamp(&self, cmd: WriteCmd, previous: Option<&Entry>, now: u64) -> Option<Record> {
+        let version = Version {
+            timestamp: self.local.hlc().now(),
+            node: self.node_id,
+        };
+        match cmd.evaluate(previous, now) {
+            Decision::Skip => None,
+            Decision::Put { value, expiry_ms } => Some(Record::value(version, value, expiry_ms)),
+            Decision::Delete => Some(Record::tombstone(version)),
+        }
+    }
+
     fn required(level: Level, n: usize) -> Result<usize, StoreError> {
         let needed = level.required(n as u32) as usize;
         if needed > n {
@@ -480,19 +494,11 @@ impl<T: Transport> Store for QuorumStore<T> {
             let record = self.quorum_read(ks, &key, level).await?;
             Entry::from_record(record.as_ref(), now)
         };
-        let version = Version {
-            timestamp: self.local.hlc().now(),
-            node: self.node_id,
-        };
-        let record = match cmd.evaluate(previous.as_ref(), now) {
-            Decision::Skip => {
-                return Ok(WriteOutcome {
-                    applied: false,
-                    previous,
-                });
-            }
-            Decision::Put { value, expiry_ms } => Record::value(version, value, expiry_ms),
-            Decision::Delete => Record::tombstone(version),
+        let Some(record) = self.stamp(cmd, previous.as_ref(), now) else {
+            return Ok(WriteOutcome {
+                applied: false,
+                previous,
+            });
         };
         self.quorum_write(ks, &key, record, consistency.write, consistency.sloppy)
             .await?;

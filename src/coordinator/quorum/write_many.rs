@@ -15,9 +15,9 @@ use futures_util::{FutureExt, StreamExt};
 
 use super::write::written;
 use super::{ByNode, Plan, QuorumStore, ReplicaResult};
-use crate::coordinator::{Decision, KeyspaceId, Level, Store, StoreError, WriteCmd, WriteOutcome};
+use crate::coordinator::{KeyspaceId, Level, Store, StoreError, WriteCmd, WriteOutcome};
 use crate::net::{Request, Response, Transport};
-use crate::version::{Record, Version};
+use crate::version::Record;
 
 /// One write of a batch under way.
 struct Pending {
@@ -131,16 +131,9 @@ impl<T: Transport> QuorumStore<T> {
     ) -> Result<Option<(Arc<Plan>, usize, Record)>, StoreError> {
         let plan = self.plan(ks, key)?;
         let needed = Self::required(level, plan.n)?;
-        let version = Version {
-            timestamp: self.local.hlc().now(),
-            node: self.node_id,
-        };
-        let record = match cmd.evaluate(None, now) {
-            Decision::Skip => return Ok(None),
-            Decision::Put { value, expiry_ms } => Record::value(version, value, expiry_ms),
-            Decision::Delete => Record::tombstone(version),
-        };
-        Ok(Some((plan, needed, record)))
+        Ok(self
+            .stamp(cmd, None, now)
+            .map(|record| (plan, needed, record)))
     }
 
     /// Merges `record` here in place if this node is a primary of `key`,
