@@ -104,9 +104,8 @@ impl ReplicaHandler {
             .into_iter()
             .map(|(key, record)| self.merge(ks, &key, record).err())
             .collect();
-        tokio::task::yield_now().await;
         // IMPORTANT: the writes are acknowledged only once committed.
-        self.store.commit().await.map_err(|e| e.to_string())?;
+        self.commit_with_peers().await?;
         Ok(outcomes)
     }
 
@@ -120,6 +119,11 @@ impl ReplicaHandler {
     async fn write(&self, keyspace: &str, key: &Bytes, record: Bytes) -> Result<(), String> {
         let ks = self.keyspace(keyspace)?;
         self.merge(ks, key, record)?;
+        self.commit_with_peers().await
+    }
+
+    /// Commits merged writes once the others that arrived with them merged.
+    async fn commit_with_peers(&self) -> Result<(), String> {
         // NOTE: let the other writes that arrived with this one apply first
         // (a peer's frames come in batches; this yield makes each write its
         // own task and lets the peer server read on), so
