@@ -181,6 +181,23 @@ impl<T: Transport> QuorumStore<T> {
         }
     }
 
+    /// Why a write that `good` of the `needed` replicas acknowledged failed;
+    /// `hinted` when a hint of it was kept (it will reach its primary later,
+    /// so the write may still be applied).
+    pub(super) fn write_failed(
+        needed: usize,
+        good: usize,
+        bad: Vec<ReplicaResult>,
+        plan: &Plan,
+        hinted: bool,
+    ) -> StoreError {
+        let mut error = Self::unavailable("write", needed, good, bad, plan);
+        if let StoreError::Unavailable(q) = &mut error {
+            q.may_have_applied |= hinted;
+        }
+        error
+    }
+
     /// One write call: to `node`, for itself or standing in for a primary.
     pub(super) fn call_write(
         &self,
@@ -210,11 +227,7 @@ impl<T: Transport> QuorumStore<T> {
             .write_fan_out(ks, key, &plan, record, needed, sloppy)
             .await;
         if good < needed {
-            let mut error = Self::unavailable("write", needed, good, bad, &plan);
-            if let StoreError::Unavailable(q) = &mut error {
-                q.may_have_applied |= hinted;
-            }
-            return Err(error);
+            return Err(Self::write_failed(needed, good, bad, &plan, hinted));
         }
         Ok(())
     }

@@ -210,15 +210,15 @@ impl<T: Transport> QuorumStore<T> {
             None => false,
             Some(write) if write.good >= write.needed => true,
             Some(write) => {
-                // NOTE: a kept hint will reach its primary later, so the
-                // failed write may still be applied.
                 let hinted = !write.unhinted.is_empty();
-                let mut error =
-                    Self::unavailable("write", write.needed, write.good, write.bad, &write.plan);
-                if let StoreError::Unavailable(q) = &mut error {
-                    q.may_have_applied |= hinted;
-                }
-                return Err(error);
+                let (needed, good) = (write.needed, write.good);
+                return Err(Self::write_failed(
+                    needed,
+                    good,
+                    write.bad,
+                    &write.plan,
+                    hinted,
+                ));
             }
         };
         Ok(WriteOutcome {
