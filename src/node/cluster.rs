@@ -23,7 +23,7 @@ use crate::net::{
 };
 use crate::resp::RespServerHandle;
 use crate::ring::{Layout, NodeSpec};
-use crate::storage::{Engine, FjallEngine, MemoryEngine, StorageError};
+use crate::storage::{Engine, MemoryEngine, StorageError};
 use crate::version::{Clock, SystemClock};
 
 /// Hint block cache: hints are written once and read once, in order.
@@ -37,7 +37,8 @@ const HINT_DELIVERY_INTERVAL: Duration = Duration::from_secs(1);
 fn open_hint_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
     Ok(match config.storage.engine {
         EngineKind::Memory => Arc::new(MemoryEngine::new()),
-        EngineKind::Fjall => Arc::new(FjallEngine::open(
+        EngineKind::Fjall => Arc::new(super::open_fjall(
+            config,
             &config.storage.data_dir.join("hints"),
             HINT_CACHE_BYTES,
         )?),

@@ -82,11 +82,32 @@ impl std::fmt::Debug for Node {
 fn open_engine(config: &Config) -> Result<Arc<dyn Engine>, StorageError> {
     Ok(match config.storage.engine {
         EngineKind::Memory => Arc::new(MemoryEngine::new()),
-        EngineKind::Fjall => Arc::new(FjallEngine::open(
+        EngineKind::Fjall => Arc::new(open_fjall(
+            config,
             &config.storage.data_dir,
             config.storage.cache_bytes,
         )?),
     })
+}
+
+/// Journal bytes between two background fsyncs (Redis fsyncs its AOF
+/// rewrite every 4 MB for the same reason: no long fsync later).
+const JOURNAL_SYNC_BYTES: u64 = 4 << 20;
+
+/// A fjall database in `dir`, its journal fsynced in the background every
+/// [`JOURNAL_SYNC_BYTES`] unless the policy leaves fsyncs to the OS.
+pub(crate) fn open_fjall(
+    config: &Config,
+    dir: &std::path::Path,
+    cache_bytes: u64,
+) -> Result<FjallEngine, StorageError> {
+    let engine = FjallEngine::open(dir, cache_bytes)?;
+    match config.storage.fsync {
+        FsyncPolicy::No => Ok(engine),
+        FsyncPolicy::Always | FsyncPolicy::Everysec => {
+            engine.with_incremental_sync(JOURNAL_SYNC_BYTES)
+        }
+    }
 }
 
 /// The fault hooks, if `debug.fault_injection` is on.

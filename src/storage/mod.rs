@@ -37,6 +37,10 @@ pub enum StorageError {
     /// The LSM engine failed.
     #[error("fjall: {0}")]
     Fjall(#[from] fjall::Error),
+    /// The journal could not be fsynced, now or earlier: durability can no
+    /// longer be promised until the node restarts.
+    #[error("journal fsync failed, writes cannot be made durable until a restart: {0}")]
+    Fsync(String),
     /// A background storage task failed.
     #[error("storage task failed: {0}")]
     Task(String),
