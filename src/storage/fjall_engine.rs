@@ -7,11 +7,11 @@
 //! the process; after `flush(Sync)`, a crash of the machine.
 //!
 //! A `Sync` flush fsyncs the journal outside fjall's journal lock
-//! ([`JournalSync`]), so writers never wait for the disk. With
+//! ([`JournalSync`]), so writers no longer wait for ringkv's fsyncs. With
 //! [`FjallEngine::with_incremental_sync`], the journal is also fsynced in the
-//! background every few MiB written, so the fsyncs fjall itself makes under
-//! its lock (when a memtable is flushed or the journal rotated) find little
-//! to write.
+//! background every few MiB written, so the fsyncs fjall itself still makes
+//! under its lock (when a memtable is flushed or the journal rotated) find
+//! little to write.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ pub struct FjallEngine {
 /// The background fsync of [`FjallEngine::with_incremental_sync`].
 struct IncrementalSync {
     /// Bytes written between two background fsyncs.
-    every: u64,
+    every_bytes: u64,
     /// Wakes the thread; dropping it stops the thread.
     wake: SyncSender<()>,
     thread: JoinHandle<()>,
@@ -75,16 +75,17 @@ impl FjallEngine {
         })
     }
 
-    /// Also fsyncs the journal in the background once `every` bytes were
-    /// written since the last fsync, like Redis's incremental fsync of its
-    /// AOF rewrite (every 4 MB) and RocksDB's `wal_bytes_per_sync`.
+    /// Also fsyncs the journal in the background once `every_bytes` of keys
+    /// and values were written since the last fsync, like Redis's
+    /// incremental fsync of its AOF rewrite (every 4 MB); RocksDB's
+    /// `wal_bytes_per_sync` does the same with `sync_file_range`.
     ///
     /// Why: fjall fsyncs the journal under its journal lock when it flushes a
     /// memtable or starts a journal, and every write waits for that lock.
     /// Under `everysec` a second of journal was left to write then: with
     /// 1 KiB values, node-wide stalls of up to 60 ms every 1.5 s (measured
     /// with `perf record -e sched:sched_switch`). Durability only gains.
-    pub fn with_incremental_sync(mut self, every: u64) -> Result<Self, StorageError> {
+    pub fn with_incremental_sync(mut self, every_bytes: u64) -> Result<Self, StorageError> {
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         let (db, journal) = (self.db.clone(), self.journal.clone());
         let thread = std::thread::Builder::new()
@@ -98,7 +99,7 @@ impl FjallEngine {
             })
             .map_err(|e| StorageError::Task(format!("journal-sync thread: {e}")))?;
         self.incremental = Some(IncrementalSync {
-            every,
+            every_bytes,
             wake,
             thread,
         });
@@ -110,8 +111,11 @@ impl FjallEngine {
     fn written(&self, bytes: usize) {
         let Some(inc) = &self.incremental else { return };
         let bytes = bytes as u64;
-        let before = self.journal.unsynced.fetch_add(bytes, Ordering::Relaxed);
-        if before < inc.every && before + bytes >= inc.every {
+        let before = self
+            .journal
+            .unsynced_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+        if before < inc.every_bytes && before + bytes >= inc.every_bytes {
             // NOTE: full means a wake-up is already pending.
             if let Err(TrySendError::Disconnected(())) = inc.wake.try_send(()) {
                 tracing::error!("journal-sync thread is gone");
@@ -194,19 +198,25 @@ impl Engine for FjallEngine {
 /// (`PersistMode::Buffer`), then the file is fsynced without it, the way
 /// Redis fsyncs its AOF from a background thread while writes go on.
 ///
-/// IMPORTANT: this relies on two facts of fjall 3's journal, each pinned by a
-/// test below: the active journal is the highest-numbered `<id>.jnl` in the
-/// database folder, and a rotation fsyncs the journal it seals before it
-/// creates the next one. So the highest-numbered journal listed after the
-/// `Buffer` persist is either the one that took the writes, or a later one
-/// that exists only because that one was already fsynced.
+/// IMPORTANT: this relies on two facts of fjall 3's journal (which is why
+/// Cargo.toml pins fjall's exact version): the active journal is the
+/// highest-numbered `<id>.jnl` in the database folder (pinned by the tests
+/// below), and `journal::writer::Writer::rotate` fsyncs the journal it seals
+/// before it creates the next one (read in its source; a test cannot see an
+/// fsync). So the highest-numbered journal found after the `Buffer` persist
+/// is either the one that took the writes, or a later one that exists only
+/// because that one was already fsynced.
 struct JournalSync {
     dir: PathBuf,
-    /// Bytes written since the last fsync began (kept only with an
-    /// incremental sync).
-    unsynced: AtomicU64,
+    /// Bytes of keys and values written since the last fsync began (counted
+    /// only with an incremental sync).
+    unsynced_bytes: AtomicU64,
     /// The journal fsynced last: its id and a handle of our own.
+    /// NOTE: a std mutex held through the fsync on purpose: it orders the
+    /// fsyncs, so the failure check under it sees every earlier failure.
     active: Mutex<Option<(u64, File)>>,
+    /// fsyncs that succeeded (tests).
+    syncs: AtomicU64,
     /// The first failed fsync. After it, no later fsync can be trusted (the
     /// kernel may have dropped the pages it failed to write), so every `Sync`
     /// flush fails until a restart, as fjall poisons itself.
@@ -217,39 +227,68 @@ impl JournalSync {
     fn new(dir: PathBuf) -> Self {
         Self {
             dir,
-            unsynced: AtomicU64::new(0),
+            unsynced_bytes: AtomicU64::new(0),
             active: Mutex::new(None),
+            syncs: AtomicU64::new(0),
             failed: OnceLock::new(),
         }
     }
 
     /// fsyncs everything written to the journal so far.
     fn sync(&self, db: &Database) -> Result<(), StorageError> {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        // NOTE: checked under the lock: a failed fsync consumes the kernel's
+        // error, so a second fsync right after it would wrongly succeed.
         if let Some(first) = self.failed.get() {
             return Err(StorageError::Fsync(first.clone()));
         }
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        self.unsynced.store(0, Ordering::Relaxed);
+        self.unsynced_bytes.store(0, Ordering::Relaxed);
         db.persist(PersistMode::Buffer)?;
-        let newest = newest_journal(&self.dir).map_err(|e| self.fail(&self.dir, &e))?;
-        let Some((id, path)) = newest else {
+        let open_id = active.as_ref().map(|(id, _)| *id);
+        let Some((id, path)) = self.newest_journal(open_id).map_err(|e| self.io(e))? else {
             // NOTE: no journal where fjall 3 keeps it: fsync under fjall's
             // lock rather than promise what was not done.
             return Ok(db.persist(PersistMode::SyncData)?);
         };
-        if active.as_ref().is_none_or(|(open, _)| *open != id) {
-            let file = File::open(&path).map_err(|e| self.fail(&path, &e))?;
+        if open_id != Some(id) {
+            let file = File::open(&path).map_err(|e| self.io(e))?;
             *active = Some((id, file));
         }
         if let Some((_, file)) = active.as_ref() {
             file.sync_data().map_err(|e| self.fail(&path, &e))?;
+            self.syncs.fetch_add(1, Ordering::Relaxed);
         }
+        // NOTE: fjall poisons itself when its own journal fsync or rotation
+        // fails; asking again makes such a failure fail this flush too.
+        db.persist(PersistMode::Buffer)?;
         Ok(())
     }
 
+    /// The active journal: after `open_id`, found by name (one stat each, no
+    /// file descriptor); without it, by listing the folder.
+    fn newest_journal(&self, open_id: Option<u64>) -> std::io::Result<Option<(u64, PathBuf)>> {
+        let Some(mut id) = open_id else {
+            return newest_journal(&self.dir);
+        };
+        while self.dir.join(format!("{}.jnl", id + 1)).try_exists()? {
+            id += 1;
+        }
+        Ok(Some((id, self.dir.join(format!("{id}.jnl")))))
+    }
+
+    /// An error finding or opening the journal: this flush fails, nothing
+    /// was lost, later flushes try again.
+    fn io(&self, source: std::io::Error) -> StorageError {
+        StorageError::DataDir {
+            path: self.dir.display().to_string(),
+            source,
+        }
+    }
+
+    /// A failed fsync: remembered, so every later `Sync` flush fails too.
     fn fail(&self, path: &Path, e: &std::io::Error) -> StorageError {
         let message = format!("fsync of {}: {e}", path.display());
-        tracing::error!(error = %message, "journal fsync failed; writes can no longer be made durable until a restart");
+        tracing::error!(path = %path.display(), error = %e, "journal fsync failed; writes can no longer be made durable until a restart");
         StorageError::Fsync(self.failed.get_or_init(|| message).clone())
     }
 }
@@ -348,7 +387,7 @@ mod tests {
             .unwrap()
             .with_incremental_sync(4096)
             .unwrap();
-        let synced = |e: &FjallEngine| e.journal.active.lock().unwrap().is_some();
+        let synced = |e: &FjallEngine| e.journal.syncs.load(Ordering::Relaxed) > 0;
         e.put(Bytes::from_static(b"k"), Bytes::from(vec![1u8; 1000]))
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -362,7 +401,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no background fsync");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(e.journal.unsynced.load(Ordering::Relaxed), 0);
+        assert_eq!(e.journal.unsynced_bytes.load(Ordering::Relaxed), 0);
         // The thread is joined on drop: the directory opens again at once.
         drop(e);
         let e = FjallEngine::open(dir.path(), 1 << 20).unwrap();
