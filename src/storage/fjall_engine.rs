@@ -255,7 +255,10 @@ impl JournalSync {
             *active = Some((id, file));
         }
         if let Some((_, file)) = active.as_ref() {
+            let started = std::time::Instant::now();
             file.sync_data().map_err(|e| self.fail(&path, &e))?;
+            metrics::histogram!("ringkv_journal_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }
         // NOTE: fjall poisons itself when its own journal fsync or rotation
@@ -287,6 +290,7 @@ impl JournalSync {
 
     /// A failed fsync: remembered, so every later `Sync` flush fails too.
     fn fail(&self, path: &Path, e: &std::io::Error) -> StorageError {
+        metrics::counter!("ringkv_journal_fsync_failures_total").increment(1);
         let message = format!("fsync of {}: {e}", path.display());
         tracing::error!(path = %path.display(), error = %e, "journal fsync failed; writes can no longer be made durable until a restart");
         StorageError::Fsync(self.failed.get_or_init(|| message).clone())
