@@ -12,6 +12,7 @@ use super::frame::Frame;
 use super::server::{Session, Shared};
 use super::{conn_cmds, key_cmds, kv_cmds, server_cmds, string_cmds};
 use crate::coordinator::{Level, Store, StoreError};
+use crate::storage::StorageError;
 
 /// An error reply (its text starts with the error code, e.g. `ERR`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,11 @@ impl From<StoreError> for CmdError {
                 Self(format!("UNAVAILABLE {q}").into())
             }
             StoreError::BadLevel(why) => Self(format!("ERR {why}").into()),
+            // Redis refuses writes the same way after its AOF fsync failed.
+            StoreError::Storage(e @ StorageError::Fsync(_)) => {
+                tracing::error!(error = %e, "write refused");
+                Self(format!("MISCONF {e}").into())
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 Self(format!("ERR {other}").into())
@@ -312,6 +318,14 @@ async fn run<S: Store>(cmd: Cmd, cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_journal_fsync_is_a_misconf_error_as_in_redis() {
+        let e = StoreError::Storage(StorageError::Fsync("fsync of /d/3.jnl: EIO".into()));
+        let CmdError(reply) = CmdError::from(e);
+        assert!(reply.starts_with("MISCONF journal fsync failed"), "{reply}");
+        assert!(reply.contains("/d/3.jnl: EIO"), "{reply}");
+    }
 
     #[test]
     fn lookup_ignores_case_and_rejects_long_names() {

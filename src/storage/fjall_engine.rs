@@ -141,6 +141,7 @@ impl Engine for FjallEngine {
     }
 
     fn put(&self, key: Bytes, value: Bytes) -> Result<(), StorageError> {
+        self.journal.check()?;
         let bytes = key.len() + value.len();
         self.data.insert(key, value)?;
         self.written(bytes);
@@ -148,6 +149,7 @@ impl Engine for FjallEngine {
     }
 
     fn remove(&self, key: &[u8]) -> Result<(), StorageError> {
+        self.journal.check()?;
         self.data.remove(key)?;
         self.written(key.len());
         Ok(())
@@ -234,14 +236,21 @@ impl JournalSync {
         }
     }
 
+    /// Fails once an fsync failed: writes the node can no longer make
+    /// durable are refused, as Redis refuses them after a failed AOF fsync.
+    fn check(&self) -> Result<(), StorageError> {
+        match self.failed.get() {
+            Some(first) => Err(StorageError::Fsync(first.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// fsyncs everything written to the journal so far.
     fn sync(&self, db: &Database) -> Result<(), StorageError> {
         let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         // NOTE: checked under the lock: a failed fsync consumes the kernel's
         // error, so a second fsync right after it would wrongly succeed.
-        if let Some(first) = self.failed.get() {
-            return Err(StorageError::Fsync(first.clone()));
-        }
+        self.check()?;
         self.unsynced_bytes.store(0, Ordering::Relaxed);
         db.persist(PersistMode::Buffer)?;
         let open_id = active.as_ref().map(|(id, _)| *id);
@@ -423,5 +432,21 @@ mod tests {
         let later = e.flush(Durability::Sync).unwrap_err();
         assert!(later.to_string().contains("/x/1.jnl: EIO"), "{later}");
         e.flush(Durability::Buffer).unwrap();
+    }
+
+    #[test]
+    fn after_a_failed_fsync_writes_are_refused_and_reads_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = FjallEngine::open(dir.path(), 1 << 20).unwrap();
+        e.put(Bytes::from_static(b"k"), Bytes::from_static(b"v"))
+            .unwrap();
+        e.journal
+            .fail(Path::new("/x/1.jnl"), &std::io::Error::other("EIO"));
+        let refused = e
+            .put(Bytes::from_static(b"k"), Bytes::from_static(b"w"))
+            .unwrap_err();
+        assert!(matches!(refused, StorageError::Fsync(_)), "{refused}");
+        assert!(matches!(e.remove(b"k"), Err(StorageError::Fsync(_))));
+        assert_eq!(e.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
