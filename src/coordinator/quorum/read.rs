@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 
-use super::{ByNode, Plan, QuorumStore, ReplicaResult, Replicas};
+use super::{ByNode, Liveness, Plan, QuorumStore, ReplicaResult, Replicas};
 use crate::coordinator::{KeyspaceId, Level, LocalStore, StoreError};
 use crate::net::{Request, Response, Transport};
 use crate::ring;
@@ -29,7 +29,8 @@ impl<T: Transport> QuorumStore<T> {
             return Ok(record);
         }
         let key = Bytes::copy_from_slice(key);
-        let read = self.begin_read(ks, hash, key, plan, needed);
+        let mut up = UpMemo::new(&self.is_up);
+        let read = self.begin_read(ks, hash, key, plan, needed, &mut up);
         let waiting = read.asked.into_iter().chain(read.rest);
         let (seen, bad) = self
             .read_rest(ks, &read.key, waiting, needed, read.good, read.bad)
@@ -52,6 +53,7 @@ impl<T: Transport> QuorumStore<T> {
         let name = &self.keyspaces.get(ks).name;
         let mut done: Vec<Option<Result<Option<Record>, StoreError>>> = Vec::new();
         let mut reads = Vec::new();
+        let mut up = UpMemo::new(&self.is_up);
         for (index, key) in keys.iter().enumerate() {
             let hash = ring::key_hash(name, key);
             let begun = self.plan_hashed(ks, hash).and_then(|plan| {
@@ -59,7 +61,8 @@ impl<T: Transport> QuorumStore<T> {
                 Ok(match self.read_in_place(ks, hash, key, &plan, needed) {
                     Some(record) => Some(record),
                     None => {
-                        reads.push((index, self.begin_read(ks, hash, key.clone(), plan, needed)));
+                        let read = self.begin_read(ks, hash, key.clone(), plan, needed, &mut up);
+                        reads.push((index, read));
                         None
                     }
                 })
@@ -252,28 +255,33 @@ impl<T: Transport> QuorumStore<T> {
         key: Bytes,
         plan: Arc<Plan>,
         needed: usize,
+        up: &mut UpMemo<'_>,
     ) -> Read {
-        let mut order: Vec<Arc<str>> = plan.primaries.clone();
-        order.sort_by_cached_key(|node| {
-            (
-                **node != *self.me,
-                **node != *self.me && !(self.is_up)(node),
-            )
-        });
         let (mut good, mut bad) = (Vec::with_capacity(needed), Vec::new());
-        let mut rest = order.into_iter().peekable();
         // NOTE: this node's replica is read in place: no task, and no
         // encoding of the record to decode it again.
-        if let Some(me) = rest.next_if(|node| **node == *self.me) {
+        if let Some(me) = plan.primaries.iter().find(|node| ***node == *self.me) {
             match self.read_own(ks, hash, &key) {
-                Ok(record) => good.push((me, record)),
-                Err(why) => bad.push((me, Err(why))),
+                Ok(record) => good.push((me.clone(), record)),
+                Err(why) => bad.push((me.clone(), Err(why))),
             }
         }
-        let asked = rest
-            .by_ref()
-            .take(needed.saturating_sub(good.len()))
-            .collect();
+        // The other primaries, those up first, each group in preference
+        // order: the first ones still needed are asked now.
+        let want = needed.saturating_sub(good.len());
+        let (mut asked, mut rest) = (Vec::with_capacity(want), Vec::new());
+        for up_now in [true, false] {
+            for node in plan.primaries.iter() {
+                if **node == *self.me || up.is_up(node) != up_now {
+                    continue;
+                }
+                if asked.len() < want {
+                    asked.push(node.clone());
+                } else {
+                    rest.push(node.clone());
+                }
+            }
+        }
         Read {
             key,
             plan,
@@ -281,7 +289,7 @@ impl<T: Transport> QuorumStore<T> {
             good,
             bad,
             asked,
-            rest: rest.collect(),
+            rest,
         }
     }
 
@@ -552,6 +560,31 @@ type Concluded = (Option<Record>, Option<Vec<(Arc<str>, Option<Record>)>>);
 
 /// A read under way: what answered so far, who is being asked, and who is
 /// left to ask if they fail.
+/// Peers' liveness, asked once per node for all the keys of a read (it
+/// takes the membership lock).
+pub(super) struct UpMemo<'a> {
+    is_up: &'a Liveness,
+    seen: Vec<(Arc<str>, bool)>,
+}
+
+impl<'a> UpMemo<'a> {
+    pub(super) fn new(is_up: &'a Liveness) -> Self {
+        Self {
+            is_up,
+            seen: Vec::new(),
+        }
+    }
+
+    fn is_up(&mut self, node: &Arc<str>) -> bool {
+        if let Some((_, up)) = self.seen.iter().find(|(seen, _)| seen == node) {
+            return *up;
+        }
+        let up = (self.is_up)(node);
+        self.seen.push((node.clone(), up));
+        up
+    }
+}
+
 pub(super) struct Read {
     key: Bytes,
     plan: Arc<Plan>,
