@@ -342,6 +342,7 @@ impl Store for LocalStore {
                 .collect(),
             expired_reclaimed: 0,
             cluster: None,
+            write_error: self.engine.write_error(),
         }
     }
 

@@ -182,6 +182,8 @@ pub struct StoreStats {
     pub expired_reclaimed: u64,
     /// The cluster as this node sees it; `None` on a single node.
     pub cluster: Option<ClusterStats>,
+    /// Why this node's replica refuses writes until a restart, if it does.
+    pub write_error: Option<String>,
 }
 
 /// What `INFO cluster` reports of a clustered node.

@@ -152,14 +152,30 @@ impl HttpServerHandle {
 }
 
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    let stats = (state.stats)();
-    let body = format!(
-        "{{\"status\":\"ok\",\"node\":{:?},\"engine\":{:?},\"keys\":{}}}\n",
-        state.node_name,
-        stats.engine,
-        stats.keys.iter().sum::<u64>()
-    );
-    ([(header::CONTENT_TYPE, "application/json")], body)
+    let (status, body) = health_report(&state.node_name, &(state.stats)());
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// `/health`: 200 and `"status":"ok"`, or 503 and `"status":"write_error"`
+/// with the error when this node's replica refuses writes (a journal fsync
+/// failed): a load balancer or an alert notices. Such a node still serves
+/// reads and coordinates writes to the other replicas.
+fn health_report(node_name: &str, stats: &StoreStats) -> (StatusCode, String) {
+    let mut body = serde_json::json!({
+        "status": "ok",
+        "node": node_name,
+        "engine": stats.engine,
+        "keys": stats.keys.iter().sum::<u64>(),
+    });
+    let status = match &stats.write_error {
+        None => StatusCode::OK,
+        Some(why) => {
+            body["status"] = "write_error".into();
+            body["error"] = why.as_str().into();
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    (status, format!("{body}\n"))
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
@@ -300,4 +316,37 @@ pub async fn spawn_http(addr: SocketAddr, state: HttpState) -> std::io::Result<H
         shutdown_tx,
         task,
     })
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    fn stats(write_error: Option<&str>) -> StoreStats {
+        StoreStats {
+            engine: "fjall",
+            engine_bytes: 0,
+            keys: vec![2, 3],
+            expired_reclaimed: 0,
+            cluster: None,
+            write_error: write_error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn health_is_ok_until_writes_are_refused_then_503_with_why() {
+        let (status, body) = health_report("n1", &stats(None));
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["status"], "ok");
+        assert_eq!(json["keys"], 5);
+
+        let why = "journal fsync failed: fsync of /d/\"3\".jnl: EIO";
+        let (status, body) = health_report("n1", &stats(Some(why)));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["status"], "write_error");
+        assert_eq!(json["error"], why);
+        assert_eq!(json["node"], "n1");
+    }
 }

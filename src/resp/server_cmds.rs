@@ -11,7 +11,7 @@ use super::Cmd;
 use super::command::{CmdError, Cx, Reply, is};
 use super::frame::Frame;
 use crate::config::FsyncPolicy;
-use crate::coordinator::{ClusterStats, Store};
+use crate::coordinator::{ClusterStats, Store, StoreStats};
 
 /// The Redis version ringkv's command set corresponds to (clients check it).
 pub(crate) const REDIS_COMPAT_VERSION: &str = "7.2.0";
@@ -47,13 +47,7 @@ fn info_text<S: Store>(cx: &Cx<'_, S>, section: &str) -> String {
         );
     }
     if want("persistence") {
-        let _ = write!(
-            out,
-            "# Persistence\r\nloading:0\r\nengine:{}\r\nengine_bytes:{}\r\nappendfsync:{}\r\n\r\n",
-            stats.engine,
-            stats.engine_bytes,
-            fsync_name(shared.config.fsync)
-        );
+        persistence_section(&mut out, &stats, shared.config.fsync);
     }
     if want("stats") {
         let _ = write!(
@@ -81,6 +75,28 @@ fn info_text<S: Store>(cx: &Cx<'_, S>, section: &str) -> String {
         cluster_section(&mut out, stats.cluster.as_ref());
     }
     out
+}
+
+/// `# Persistence`, with `aof_last_write_status` (`ok`, or `err` once a
+/// journal fsync failed and writes are refused), the field Redis monitoring
+/// reads, then the error on one line.
+fn persistence_section(out: &mut String, stats: &StoreStats, fsync: FsyncPolicy) {
+    let _ = write!(
+        out,
+        "# Persistence\r\nloading:0\r\nengine:{}\r\nengine_bytes:{}\r\nappendfsync:{}\r\naof_last_write_status:{}\r\n",
+        stats.engine,
+        stats.engine_bytes,
+        fsync_name(fsync),
+        if stats.write_error.is_some() {
+            "err"
+        } else {
+            "ok"
+        },
+    );
+    if let Some(why) = &stats.write_error {
+        let _ = write!(out, "write_error:{}\r\n", why.replace(['\r', '\n'], " "));
+    }
+    out.push_str("\r\n");
 }
 
 /// `# Cluster`: `cluster_enabled` as Redis reports it, then what a ringkv
@@ -236,7 +252,33 @@ pub(crate) fn config<S: Store>(cx: &mut Cx<'_, S>, args: &[Bytes]) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::*;
+
+    #[test]
+    fn info_persistence_says_err_and_why_once_writes_are_refused() {
+        let mut stats = StoreStats {
+            engine: "fjall",
+            engine_bytes: 10,
+            keys: vec![],
+            expired_reclaimed: 0,
+            cluster: None,
+            write_error: None,
+        };
+        let mut out = String::new();
+        persistence_section(&mut out, &stats, FsyncPolicy::Everysec);
+        assert!(out.contains("aof_last_write_status:ok\r\n"), "{out}");
+        assert!(!out.contains("write_error"), "{out}");
+
+        stats.write_error = Some("journal fsync failed:\nEIO".into());
+        let mut out = String::new();
+        persistence_section(&mut out, &stats, FsyncPolicy::Everysec);
+        assert!(out.contains("aof_last_write_status:err\r\n"), "{out}");
+        assert!(
+            out.contains("write_error:journal fsync failed: EIO\r\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("\r\n\r\n"), "{out}");
+    }
 
     #[test]
     fn glob_matches_like_redis() {

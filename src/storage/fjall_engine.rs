@@ -189,6 +189,10 @@ impl Engine for FjallEngine {
     fn kind(&self) -> &'static str {
         "fjall"
     }
+
+    fn write_error(&self) -> Option<String> {
+        self.journal.check().err().map(|e| e.to_string())
+    }
 }
 
 /// fsyncs fjall's active journal through a handle of its own.
@@ -440,8 +444,11 @@ mod tests {
         let e = FjallEngine::open(dir.path(), 1 << 20).unwrap();
         e.put(Bytes::from_static(b"k"), Bytes::from_static(b"v"))
             .unwrap();
+        assert_eq!(e.write_error(), None);
         e.journal
             .fail(Path::new("/x/1.jnl"), &std::io::Error::other("EIO"));
+        let why = e.write_error().unwrap();
+        assert!(why.contains("/x/1.jnl: EIO"), "{why}");
         let refused = e
             .put(Bytes::from_static(b"k"), Bytes::from_static(b"w"))
             .unwrap_err();

@@ -93,4 +93,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// `"fjall"` or `"memory"`.
     fn kind(&self) -> &'static str;
+
+    /// Why writes are refused until a restart (a journal fsync failed), if
+    /// they are.
+    fn write_error(&self) -> Option<String> {
+        None
+    }
 }
