@@ -28,7 +28,7 @@ use super::StoreError;
 use crate::net::{Request, Response, Transport};
 use crate::periodic::Periodic;
 use crate::storage::keys::prefix_end;
-use crate::storage::{Durability, Engine, StorageError};
+use crate::storage::{Durability, Engine, StorageError, refused_until_restart};
 use crate::version::Hlc;
 
 /// Bounds on the hints kept.
@@ -351,12 +351,17 @@ impl Hints {
         metrics::gauge!("ringkv_hints_queued_bytes").set(bytes as f64);
     }
 
-    fn forget(&self, target: &str, raw_key: &[u8], size: u64, delivered: bool) {
+    /// Removes a hint delivered or dropped. An error leaves it queued and
+    /// counted; the caller stops its round.
+    fn forget(
+        &self,
+        target: &str,
+        raw_key: &[u8],
+        size: u64,
+        delivered: bool,
+    ) -> Result<(), StorageError> {
         // NOTE: counters only; the caller counts the drop reason in metrics.
-        if let Err(e) = self.engine.remove(raw_key) {
-            tracing::error!(error = %e, "could not remove a hint");
-            return;
-        }
+        self.engine.remove(raw_key)?;
         let mut queues = self.queues.lock();
         if let Some(queue) = queues.get_mut(target) {
             queue.hints = queue.hints.saturating_sub(1);
@@ -370,6 +375,12 @@ impl Hints {
                 queue.oldest_ms = None;
             }
         }
+        Ok(())
+    }
+
+    /// Why the hint store refuses writes until a restart, if it does.
+    pub fn write_error(&self) -> Option<String> {
+        self.engine.write_error()
     }
 
     /// Delivers up to `limit` of `target`'s hints, oldest first, dropping
@@ -385,7 +396,7 @@ impl Hints {
         let mut cursor = prefix.clone();
         let mut report = Delivery::default();
         let mut seen = 0;
-        while seen < limit && report.failed.is_none() {
+        'round: while seen < limit && report.failed.is_none() {
             let page = self
                 .engine
                 .scan(&cursor, end.as_deref(), PAGE.min(limit - seen))?;
@@ -397,12 +408,18 @@ impl Hints {
             for (raw_key, raw_value) in page {
                 let size = (raw_key.len() + raw_value.len()) as u64;
                 let Some(hint) = decode_hint(&raw_value) else {
-                    self.forget(target, &raw_key, size, false);
+                    if let Err(e) = self.forget(target, &raw_key, size, false) {
+                        report.failed.get_or_insert(format!("removing a hint: {e}"));
+                        break 'round;
+                    }
                     report.corrupt += 1;
                     continue;
                 };
                 if now.saturating_sub(hint.created_ms) > self.config.window_ms {
-                    self.forget(target, &raw_key, size, false);
+                    if let Err(e) = self.forget(target, &raw_key, size, false) {
+                        report.failed.get_or_insert(format!("removing a hint: {e}"));
+                        break 'round;
+                    }
                     report.expired += 1;
                     continue;
                 }
@@ -423,8 +440,16 @@ impl Hints {
                 for ((raw_key, size, _), answer) in chunk.iter().zip(answers) {
                     match answer {
                         Ok(Response::Written) => {
-                            self.forget(target, raw_key, *size, true);
+                            if let Err(e) = self.forget(target, raw_key, *size, true) {
+                                report.failed.get_or_insert(format!("removing a hint: {e}"));
+                                break 'round;
+                            }
                             report.delivered += 1;
+                        }
+                        Ok(Response::Error(why)) if refused_until_restart(&why) => {
+                            // NOTE: the target lost its fsync and refuses
+                            // writes until it restarts: kept for then.
+                            report.failed.get_or_insert(why);
                         }
                         Ok(other) => {
                             // NOTE: the target answered and refused this
@@ -436,7 +461,10 @@ impl Hints {
                                 answer = ?other,
                                 "hint refused by its target: dropped"
                             );
-                            self.forget(target, raw_key, *size, false);
+                            if let Err(e) = self.forget(target, raw_key, *size, false) {
+                                report.failed.get_or_insert(format!("removing a hint: {e}"));
+                                break 'round;
+                            }
                             report.refused += 1;
                         }
                         Err(e) => {
@@ -465,7 +493,8 @@ impl Hints {
     pub fn drop_expired(&self) -> Result<u64, StoreError> {
         let now = self.hlc.wall_ms();
         let mut dropped = 0;
-        for target in self.targets() {
+        let mut failed = None;
+        'targets: for target in self.targets() {
             let prefix = queue_prefix(&target);
             let end = prefix_end(&prefix);
             let mut cursor = prefix.clone();
@@ -481,7 +510,10 @@ impl Hints {
                     {
                         break 'queue;
                     }
-                    self.forget(&target, &raw_key, size, false);
+                    if let Err(e) = self.forget(&target, &raw_key, size, false) {
+                        failed = Some(e);
+                        break 'targets;
+                    }
                     dropped += 1;
                 }
             }
@@ -492,7 +524,10 @@ impl Hints {
             tracing::warn!(dropped, "hints older than the hint window dropped");
             self.publish_gauges();
         }
-        Ok(dropped)
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(dropped),
+        }
     }
 }
 
@@ -535,6 +570,11 @@ async fn delivery_round<T: Transport>(
     transport: &T,
     is_up: &(dyn Fn(&str) -> bool + Send + Sync),
 ) {
+    if hints.write_error().is_some() {
+        // NOTE: the hint store refuses writes until a restart (logged when
+        // its fsync failed): no hint could be removed once delivered.
+        return;
+    }
     if let Err(e) = hints.drop_expired() {
         tracing::error!(error = %e, "dropping expired hints failed");
     }
@@ -594,6 +634,13 @@ mod tests {
             };
             if key.starts_with(b"refuse") {
                 return Ok(Response::Error("timestamp too far ahead".into()));
+            }
+            if key.starts_with(b"lost-fsync") {
+                let why = format!(
+                    "storage: {}; until a restart",
+                    crate::storage::WRITES_REFUSED
+                );
+                return Ok(Response::Error(why));
             }
             self.got.lock().push((to.to_owned(), key));
             Ok(Response::Written)
@@ -811,6 +858,34 @@ mod tests {
         );
         assert_eq!(hints.queues()["node2"].hints, 0);
         assert_eq!(hints.queues()["node2"].dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn a_target_that_lost_its_fsync_keeps_its_hints_for_after_its_restart() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let hints = Hints::open(Arc::new(MemoryEngine::new()), config(), hlc(&clock)).unwrap();
+        hints
+            .add("node2", "default", b"a", Bytes::from_static(b"r"))
+            .unwrap();
+        hints
+            .add("node2", "default", b"lost-fsync", Bytes::from_static(b"r"))
+            .unwrap();
+        hints
+            .add("node2", "default", b"b", Bytes::from_static(b"r"))
+            .unwrap();
+        let net = Recorder::default();
+        *net.up.lock() = true;
+        let report = hints.deliver("node2", &net, 100).await.unwrap();
+        // NOTE: one chunk goes out at once: "b" went with it.
+        assert_eq!((report.delivered, report.refused), (2, 0));
+        let failed = report.failed.unwrap();
+        assert!(failed.contains(crate::storage::WRITES_REFUSED), "{failed}");
+        assert_eq!(
+            hints.queues()["node2"].hints,
+            1,
+            "kept for after the restart"
+        );
+        assert_eq!(hints.queues()["node2"].dropped, 0);
     }
 
     #[test]

@@ -205,7 +205,11 @@ impl Handler for ReplicaHandler {
                 .map(Response::Aae),
         };
         result.unwrap_or_else(|e| {
-            tracing::warn!(peer = %from, error = %e, "replica request failed");
+            // NOTE: refusals after a failed fsync are not logged per request:
+            // the failure was, once.
+            if !crate::storage::refused_until_restart(&e) {
+                tracing::warn!(peer = %from, error = %e, "replica request failed");
+            }
             Response::Error(e)
         })
     }

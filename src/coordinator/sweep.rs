@@ -95,6 +95,12 @@ fn sweep_batch(
     cursor: Cursor,
     reclaimed: &AtomicU64,
 ) -> Result<Cursor, StoreError> {
+    if store.engine().write_error().is_some() {
+        // NOTE: the engine refuses writes until a restart (logged when its
+        // fsync failed): nothing can be reclaimed, and starting over on
+        // every tick would only log the refusal again.
+        return Ok(cursor);
+    }
     let (_, end) = keys::partition_range(cursor.partition);
     let page = store
         .engine()

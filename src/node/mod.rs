@@ -419,19 +419,41 @@ async fn start_resp<S: Store>(
 
 /// The `everysec` policy: fsync the data (and the hints, in a cluster) once
 /// a second off the request path.
+///
+/// The data and the hints are fsynced apart, so one failing does not stop
+/// the other; a failure is logged when it starts, not every second (a failed
+/// fsync is final: every later one fails the same way until a restart).
 fn fsync_every_second(store: Arc<LocalStore>, hints: Option<Arc<Hints>>) -> Periodic {
-    Periodic::spawn(Duration::from_secs(1), (), move |()| {
+    Periodic::spawn(Duration::from_secs(1), [false; 2], move |failing| {
         let (store, hints) = (store.clone(), hints.clone());
         async move {
             let synced = tokio::task::spawn_blocking(move || {
-                store.sync_to_disk()?;
-                hints.map_or(Ok(()), |h| h.sync_to_disk())
+                [
+                    store.sync_to_disk(),
+                    hints.map_or(Ok(()), |h| h.sync_to_disk()),
+                ]
             });
-            match synced.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "background fsync failed"),
-                Err(e) => tracing::error!(error = %e, "background fsync task failed"),
+            let results = match synced.await {
+                Ok(results) => results,
+                Err(e) => {
+                    tracing::error!(error = %e, "background fsync task failed");
+                    return failing;
+                }
+            };
+            let mut now_failing = failing;
+            for ((what, result), was) in ["data", "hints"].iter().zip(results).zip(&mut now_failing)
+            {
+                match result {
+                    Ok(()) => *was = false,
+                    Err(e) => {
+                        if !*was {
+                            tracing::error!(of = what, error = %e, "background fsync failed");
+                        }
+                        *was = true;
+                    }
+                }
             }
+            now_failing
         }
     })
 }

@@ -41,10 +41,8 @@ impl From<StoreError> for CmdError {
             }
             StoreError::BadLevel(why) => Self(format!("ERR {why}").into()),
             // Redis refuses writes the same way after its AOF fsync failed.
-            StoreError::Storage(e @ StorageError::Fsync(_)) => {
-                tracing::error!(error = %e, "write refused");
-                Self(format!("MISCONF {e}").into())
-            }
+            // NOTE: not logged per command: the failure was, once.
+            StoreError::Storage(e @ StorageError::Fsync(_)) => Self(format!("MISCONF {e}").into()),
             other => {
                 tracing::error!(error = %other, "store error");
                 Self(format!("ERR {other}").into())

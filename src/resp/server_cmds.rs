@@ -94,7 +94,12 @@ fn persistence_section(out: &mut String, stats: &StoreStats, fsync: FsyncPolicy)
         },
     );
     if let Some(why) = &stats.write_error {
-        let _ = write!(out, "write_error:{}\r\n", why.replace(['\r', '\n'], " "));
+        // NOTE: one line, and no comma (redis-py splits a value at commas).
+        let _ = write!(
+            out,
+            "write_error:{}\r\n",
+            why.replace(['\r', '\n', ','], " ")
+        );
     }
     out.push_str("\r\n");
 }
@@ -269,12 +274,12 @@ mod tests {
         assert!(out.contains("aof_last_write_status:ok\r\n"), "{out}");
         assert!(!out.contains("write_error"), "{out}");
 
-        stats.write_error = Some("journal fsync failed:\nEIO".into());
+        stats.write_error = Some("journal fsync failed,\nEIO".into());
         let mut out = String::new();
         persistence_section(&mut out, &stats, FsyncPolicy::Everysec);
         assert!(out.contains("aof_last_write_status:err\r\n"), "{out}");
         assert!(
-            out.contains("write_error:journal fsync failed: EIO\r\n"),
+            out.contains("write_error:journal fsync failed  EIO\r\n"),
             "{out}"
         );
         assert!(out.ends_with("\r\n\r\n"), "{out}");

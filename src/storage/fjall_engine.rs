@@ -143,14 +143,18 @@ impl Engine for FjallEngine {
     fn put(&self, key: Bytes, value: Bytes) -> Result<(), StorageError> {
         self.journal.check()?;
         let bytes = key.len() + value.len();
-        self.data.insert(key, value)?;
+        self.data
+            .insert(key, value)
+            .map_err(|e| self.journal.fjall_error(e))?;
         self.written(bytes);
         Ok(())
     }
 
     fn remove(&self, key: &[u8]) -> Result<(), StorageError> {
         self.journal.check()?;
-        self.data.remove(key)?;
+        self.data
+            .remove(key)
+            .map_err(|e| self.journal.fjall_error(e))?;
         self.written(key.len());
         Ok(())
     }
@@ -177,7 +181,10 @@ impl Engine for FjallEngine {
         match durability {
             // Hands the buffered journal to the kernel (one write(2), under
             // fjall's journal lock).
-            Durability::Buffer => Ok(self.db.persist(PersistMode::Buffer)?),
+            Durability::Buffer => self
+                .db
+                .persist(PersistMode::Buffer)
+                .map_err(|e| self.journal.fjall_error(e)),
             Durability::Sync => self.journal.sync(&self.db),
         }
     }
@@ -256,12 +263,15 @@ impl JournalSync {
         // error, so a second fsync right after it would wrongly succeed.
         self.check()?;
         self.unsynced_bytes.store(0, Ordering::Relaxed);
-        db.persist(PersistMode::Buffer)?;
+        db.persist(PersistMode::Buffer)
+            .map_err(|e| self.fjall_error(e))?;
         let open_id = active.as_ref().map(|(id, _)| *id);
         let Some((id, path)) = self.newest_journal(open_id).map_err(|e| self.io(e))? else {
             // NOTE: no journal where fjall 3 keeps it: fsync under fjall's
             // lock rather than promise what was not done.
-            return Ok(db.persist(PersistMode::SyncData)?);
+            return db
+                .persist(PersistMode::SyncData)
+                .map_err(|e| self.fjall_error(e));
         };
         if open_id != Some(id) {
             let file = File::open(&path).map_err(|e| self.io(e))?;
@@ -276,7 +286,8 @@ impl JournalSync {
         }
         // NOTE: fjall poisons itself when its own journal fsync or rotation
         // fails; asking again makes such a failure fail this flush too.
-        db.persist(PersistMode::Buffer)?;
+        db.persist(PersistMode::Buffer)
+            .map_err(|e| self.fjall_error(e))?;
         Ok(())
     }
 
@@ -299,6 +310,21 @@ impl JournalSync {
             path: self.dir.display().to_string(),
             source,
         }
+    }
+
+    /// A fjall error as a storage error. fjall stops for good ("poisoned")
+    /// when one of its own journal writes or fsyncs fails (a memtable flush,
+    /// a journal rotation): then writes are refused as after a failed fsync
+    /// of ours, and the node says so (`Engine::write_error`).
+    fn fjall_error(&self, e: fjall::Error) -> StorageError {
+        if !matches!(e, fjall::Error::Poisoned) {
+            return e.into();
+        }
+        let first = self.failed.get_or_init(|| {
+            tracing::error!("fjall stopped after a failed write or fsync of its journal; writes are refused until a restart");
+            "fjall stopped after a failed write or fsync of its journal".to_owned()
+        });
+        StorageError::Fsync(first.clone())
     }
 
     /// A failed fsync: remembered, so every later `Sync` flush fails too.

@@ -39,7 +39,7 @@ pub enum StorageError {
     Fjall(#[from] fjall::Error),
     /// The journal could not be fsynced, now or earlier: durability can no
     /// longer be promised until the node restarts.
-    #[error("journal fsync failed, writes cannot be made durable until a restart: {0}")]
+    #[error("{WRITES_REFUSED}; writes cannot be made durable until a restart: {0}")]
     Fsync(String),
     /// A background storage task failed.
     #[error("storage task failed: {0}")]
@@ -52,6 +52,16 @@ pub enum StorageError {
         /// Why.
         source: std::io::Error,
     },
+}
+
+/// How a refusal for [`StorageError::Fsync`] begins, also in the text a
+/// replica answers a peer with: such a refusal lasts until the replica
+/// restarts, so peers keep a hint for it as for a replica they cannot reach.
+pub const WRITES_REFUSED: &str = "journal fsync failed";
+
+/// Whether `why`, a replica's refusal of a write, is [`WRITES_REFUSED`].
+pub fn refused_until_restart(why: &str) -> bool {
+    why.contains(WRITES_REFUSED)
 }
 
 /// One key and its stored bytes.

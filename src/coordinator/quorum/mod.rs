@@ -569,9 +569,15 @@ impl<T: Transport> Store for QuorumStore<T> {
             partitions_owned: owned,
             hints_queued: self.hints.as_ref().map_or(0, |h| h.queued()),
         };
+        let local = self.local.stats();
+        let hints_error = self.hints.as_ref().and_then(|h| h.write_error());
         StoreStats {
             cluster: Some(cluster),
-            ..self.local.stats()
+            write_error: local
+                .write_error
+                .clone()
+                .or(hints_error.map(|e| format!("hint store: {e}"))),
+            ..local
         }
     }
 

@@ -558,8 +558,6 @@ impl<T: Transport> Repairer<T> {
 /// some of them need it written back.
 type Concluded = (Option<Record>, Option<Vec<(Arc<str>, Option<Record>)>>);
 
-/// A read under way: what answered so far, who is being asked, and who is
-/// left to ask if they fail.
 /// Peers' liveness, asked once per node for all the keys of a read (it
 /// takes the membership lock).
 pub(super) struct UpMemo<'a> {
@@ -585,6 +583,8 @@ impl<'a> UpMemo<'a> {
     }
 }
 
+/// A read under way: what answered so far, who is being asked, and who is
+/// left to ask if they fail.
 pub(super) struct Read {
     key: Bytes,
     plan: Arc<Plan>,

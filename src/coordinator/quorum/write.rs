@@ -11,6 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use super::{Plan, QuorumStore, ReplicaResult, WriteResult};
 use crate::coordinator::{ExpiryUpdate, KeyspaceId, Level, SetCondition, StoreError, WriteCmd};
 use crate::net::{Request, Response, Transport};
+use crate::storage::refused_until_restart;
 use crate::version::Record;
 
 impl<T: Transport> QuorumStore<T> {
@@ -253,6 +254,9 @@ pub(super) fn written(result: Result<Response, String>) -> Result<(), (String, b
     match result {
         Ok(Response::Written) => Ok(()),
         Err(why) => Err((why, false)),
+        // NOTE: a replica that lost its fsync refuses every write until it
+        // restarts: hinted, as if unreachable, so it gets them then.
+        Ok(Response::Error(why)) if refused_until_restart(&why) => Err((why, false)),
         Ok(Response::Error(why)) => Err((why, true)),
         Ok(other) => Err((format!("unexpected answer {other:?}"), true)),
     }

@@ -17,6 +17,7 @@ use super::write::written;
 use super::{ByNode, Plan, QuorumStore, ReplicaResult};
 use crate::coordinator::{KeyspaceId, Level, Store, StoreError, WriteCmd, WriteOutcome};
 use crate::net::{Request, Response, Transport};
+use crate::storage::refused_until_restart;
 use crate::version::Record;
 
 /// One write of a batch under way.
@@ -237,7 +238,13 @@ fn outcomes(members: &[usize], answer: Result<Response, String>) -> Vec<(usize, 
             return members
                 .iter()
                 .zip(list)
-                .map(|(&index, refusal)| (index, refusal.map_or(Ok(()), |why| Err((why, true)))))
+                .map(|(&index, refusal)| {
+                    let outcome = refusal.map_or(Ok(()), |why| {
+                        let refused = !refused_until_restart(&why);
+                        Err((why, refused))
+                    });
+                    (index, outcome)
+                })
                 .collect();
         }
         // NOTE: an answer that does not match the request says nothing of
@@ -278,5 +285,15 @@ mod tests {
         assert!(unreached.iter().all(|(_, o)| matches!(o, Err((_, false)))));
         let odd = outcomes(&members, Ok(Response::Written));
         assert!(odd.iter().all(|(_, o)| matches!(o, Err((_, true)))));
+        // A replica that lost its fsync refuses until it restarts: hinted,
+        // in a batch answer and as a whole answer alike.
+        let lost = format!("storage: {}; ...", crate::storage::WRITES_REFUSED);
+        let list = Ok(Response::Outcomes(vec![Some(lost.clone()), None]));
+        assert_eq!(
+            outcomes(&members, list),
+            vec![(4, Err((lost.clone(), false))), (7, Ok(()))]
+        );
+        let whole = outcomes(&members, Ok(Response::Error(lost)));
+        assert!(whole.iter().all(|(_, o)| matches!(o, Err((_, false)))));
     }
 }
