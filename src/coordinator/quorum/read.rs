@@ -544,6 +544,7 @@ impl<T: Transport> Repairer<T> {
                 Ok(Response::Written) => {
                     metrics::counter!("ringkv_read_repairs_total").increment(1)
                 }
+                Ok(Response::Error(why)) if crate::storage::refused_until_restart(&why) => {}
                 Ok(other) => tracing::warn!(peer = %node, response = ?other, "read repair refused"),
                 Err(error) => {
                     metrics::counter!("ringkv_read_repair_failures_total").increment(1);

@@ -310,6 +310,9 @@ impl HintKeeper {
         if let Some(hints) = &self.hints
             && *target != self.me
             && let Err(e) = hints.add_many(target, keyspace, writes)
+            // NOTE: a hint store that lost its fsync says so once, in its
+            // log and /health, not for every write.
+            && !refused_until_restart(&e.to_string())
         {
             tracing::error!(target_node = %target, error = %e, "could not keep hints");
         }
