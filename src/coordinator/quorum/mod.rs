@@ -44,6 +44,7 @@ use write::is_blind;
 #[cfg(test)]
 mod batch_tests;
 mod read;
+mod repair;
 #[cfg(test)]
 mod tests;
 mod write;
