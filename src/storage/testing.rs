@@ -15,6 +15,17 @@ pub(crate) struct CountingEngine {
     pub(crate) flushes: AtomicUsize,
     /// Every flush fails (a full or broken disk).
     pub(crate) broken: AtomicBool,
+    /// Writes are refused as after a failed journal fsync.
+    pub(crate) lost_fsync: AtomicBool,
+}
+
+impl CountingEngine {
+    fn check(&self) -> Result<(), StorageError> {
+        match self.lost_fsync.load(Ordering::SeqCst) {
+            true => Err(StorageError::Fsync("test: EIO".into())),
+            false => Ok(()),
+        }
+    }
 }
 
 impl Engine for CountingEngine {
@@ -23,10 +34,12 @@ impl Engine for CountingEngine {
     }
 
     fn put(&self, key: Bytes, value: Bytes) -> Result<(), StorageError> {
+        self.check()?;
         self.inner.put(key, value)
     }
 
     fn remove(&self, key: &[u8]) -> Result<(), StorageError> {
+        self.check()?;
         self.inner.remove(key)
     }
 
@@ -53,5 +66,9 @@ impl Engine for CountingEngine {
 
     fn kind(&self) -> &'static str {
         "counting"
+    }
+
+    fn write_error(&self) -> Option<String> {
+        self.check().err().map(|e| e.to_string())
     }
 }

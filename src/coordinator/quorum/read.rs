@@ -227,7 +227,7 @@ impl<T: Transport> QuorumStore<T> {
         plan: &Plan,
         needed: usize,
     ) -> Option<Option<Record>> {
-        if needed != 1 || !plan.local {
+        if needed != 1 || !plan.local || self.own_replica_is_frozen() {
             return None;
         }
         let record = self.read_own(ks, hash, key).ok()?;
@@ -242,6 +242,12 @@ impl<T: Transport> QuorumStore<T> {
             self.repair_in_background(ks, Bytes::copy_from_slice(key), known, others);
         }
         Some(record)
+    }
+
+    /// Whether this node's replica refuses writes until a restart (a
+    /// journal fsync failed), so it holds nothing written since.
+    fn own_replica_is_frozen(&self) -> bool {
+        self.local.engine().write_error().is_some()
     }
 
     /// Starts a read of `key`: this node's replica read in place if it is a
@@ -260,7 +266,11 @@ impl<T: Transport> QuorumStore<T> {
         let (mut good, mut bad) = (Vec::with_capacity(needed), Vec::new());
         // NOTE: this node's replica is read in place: no task, and no
         // encoding of the record to decode it again.
-        if let Some(me) = plan.primaries.iter().find(|node| ***node == *self.me) {
+        // NOTE: a replica that refuses writes (its fsync failed) misses
+        // every write since: not read, so a read at level one cannot
+        // return what it still holds.
+        let me = plan.primaries.iter().find(|node| ***node == *self.me);
+        if let Some(me) = me.filter(|_| !self.own_replica_is_frozen()) {
             match self.read_own(ks, hash, &key) {
                 Ok(record) => good.push((me.clone(), record)),
                 Err(why) => bad.push((me.clone(), Err(why))),

@@ -70,6 +70,8 @@ impl Transport for TestNet {
 
 pub(super) struct Cluster {
     pub(super) coordinators: Vec<QuorumStore<TestNet>>,
+    /// Every node's engine, to break.
+    pub(super) engines: Vec<Arc<CountingEngine>>,
     pub(super) down: Arc<parking_lot::Mutex<HashSet<String>>>,
     pub(super) remote_reads: Arc<std::sync::atomic::AtomicUsize>,
     pub(super) batches: Arc<Batches>,
@@ -133,13 +135,14 @@ impl Cluster {
 pub(super) fn cluster(nodes: usize) -> Cluster {
     let clock = Arc::new(ManualClock::new(1_000_000));
     let names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+    let engines: Vec<Arc<CountingEngine>> = names.iter().map(|_| Arc::default()).collect();
     let stores: Vec<Arc<LocalStore>> = names
         .iter()
         .enumerate()
         .map(|(i, _)| {
             Arc::new(
                 LocalStore::open(LocalStoreConfig {
-                    engine: Arc::new(MemoryEngine::new()),
+                    engine: engines[i].clone(),
                     hlc: Arc::new(Hlc::new(clock.clone(), 60_000)),
                     node: i as NodeId,
                     node_name: names[i].clone(),
@@ -204,6 +207,7 @@ pub(super) fn cluster(nodes: usize) -> Cluster {
         .collect();
     Cluster {
         coordinators,
+        engines,
         down,
         remote_reads,
         batches,
@@ -773,4 +777,35 @@ async fn fewer_nodes_than_n_is_reported() {
         .write(0, b"k", set(b"v"), QUORUM)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_its_fsync_is_hinted_and_never_answers_a_read_from_what_it_missed() {
+    let c = cluster(3);
+    c.coordinators[0]
+        .write(0, b"k", set(b"v1"), QUORUM)
+        .await
+        .unwrap();
+    c.settle().await;
+    c.engines[2]
+        .lost_fsync
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // n3 refuses until it restarts: the write misses `all`, and n3 gets a
+    // hint for then, as if it could not be reached.
+    let err = c.coordinators[0]
+        .write(0, b"k", set(b"v2"), levels(Level::One, Level::All))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("journal fsync failed"), "{err}");
+    c.settle().await;
+    assert_eq!(c.hints[0].queues()["n3"].hints, 1, "hinted, not dropped");
+    let held = c.stored("n3", b"k").unwrap();
+    assert_eq!(held.live_value(0).map(|v| &v[..]), Some(&b"v1"[..]));
+    // A read at level one through n3 asks another replica instead of its
+    // own, which missed v2.
+    let got = c.coordinators[2]
+        .get(0, b"k", levels(Level::One, Level::One))
+        .await
+        .unwrap();
+    assert_eq!(got.unwrap().value, "v2");
 }
