@@ -312,17 +312,19 @@ impl JournalSync {
         }
     }
 
-    /// A fjall error as a storage error. fjall stops for good ("poisoned")
-    /// when one of its own journal writes or fsyncs fails (a memtable flush,
-    /// a journal rotation): then writes are refused as after a failed fsync
+    /// A fjall error of a journal operation (insert, remove, persist) as a
+    /// storage error. An I/O error there stops fjall for good (it poisons
+    /// itself, and later calls say only `Poisoned`), as a failed write or
+    /// fsync of its journal: then writes are refused as after a failed fsync
     /// of ours, and the node says so (`Engine::write_error`).
     fn fjall_error(&self, e: fjall::Error) -> StorageError {
-        if !matches!(e, fjall::Error::Poisoned) {
+        if !matches!(e, fjall::Error::Poisoned | fjall::Error::Io(_)) {
             return e.into();
         }
         let first = self.failed.get_or_init(|| {
-            tracing::error!("fjall stopped after a failed write or fsync of its journal; writes are refused until a restart");
-            "fjall stopped after a failed write or fsync of its journal".to_owned()
+            metrics::counter!("ringkv_journal_fsync_failures_total").increment(1);
+            tracing::error!(error = %e, "fjall's journal failed; writes are refused until a restart");
+            format!("fjall's journal: {e}")
         });
         StorageError::Fsync(first.clone())
     }

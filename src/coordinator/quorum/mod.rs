@@ -570,15 +570,14 @@ impl<T: Transport> Store for QuorumStore<T> {
             partitions_owned: owned,
             hints_queued: self.hints.as_ref().map_or(0, |h| h.queued()),
         };
-        let local = self.local.stats();
+        let mut stats = self.local.stats();
         let hints_error = self.hints.as_ref().and_then(|h| h.write_error());
+        stats.write_error = stats
+            .write_error
+            .or(hints_error.map(|e| format!("hint store: {e}")));
         StoreStats {
             cluster: Some(cluster),
-            write_error: local
-                .write_error
-                .clone()
-                .or(hints_error.map(|e| format!("hint store: {e}"))),
-            ..local
+            ..stats
         }
     }
 

@@ -264,33 +264,38 @@ impl<T: Transport> QuorumStore<T> {
         up: &mut UpMemo<'_>,
     ) -> Read {
         let (mut good, mut bad) = (Vec::with_capacity(needed), Vec::new());
-        // NOTE: this node's replica is read in place: no task, and no
-        // encoding of the record to decode it again.
-        // NOTE: a replica that refuses writes (its fsync failed) misses
-        // every write since: not read, so a read at level one cannot
-        // return what it still holds.
         let me = plan.primaries.iter().find(|node| ***node == *self.me);
-        if let Some(me) = me.filter(|_| !self.own_replica_is_frozen()) {
+        // NOTE: a replica that refuses writes (its fsync failed) misses
+        // every write since: asked last, only when the others fall short
+        // (n = 1, ALL, peers down), so a read at level one does not answer
+        // from it. It still holds a version, only maybe an old one.
+        let frozen = me.filter(|_| self.own_replica_is_frozen());
+        // NOTE: otherwise this node's replica is read in place: no task, and
+        // no encoding of the record to decode it again.
+        if let Some(me) = me.filter(|_| frozen.is_none()) {
             match self.read_own(ks, hash, &key) {
                 Ok(record) => good.push((me.clone(), record)),
                 Err(why) => bad.push((me.clone(), Err(why))),
             }
         }
         // The other primaries, those up first, each group in preference
-        // order: the first ones still needed are asked now.
+        // order, then a frozen own replica: the first ones still needed are
+        // asked now.
         let want = needed.saturating_sub(good.len());
         let (mut asked, mut rest) = (Vec::with_capacity(want), Vec::new());
+        let mut place = |node: &Arc<str>| match asked.len() < want {
+            true => asked.push(node.clone()),
+            false => rest.push(node.clone()),
+        };
         for up_now in [true, false] {
             for node in plan.primaries.iter() {
-                if **node == *self.me || up.is_up(node) != up_now {
-                    continue;
-                }
-                if asked.len() < want {
-                    asked.push(node.clone());
-                } else {
-                    rest.push(node.clone());
+                if **node != *self.me && up.is_up(node) == up_now {
+                    place(node);
                 }
             }
+        }
+        if let Some(me) = frozen {
+            place(me);
         }
         Read {
             key,

@@ -808,4 +808,19 @@ async fn a_replica_that_lost_its_fsync_is_hinted_and_never_answers_a_read_from_w
         .await
         .unwrap();
     assert_eq!(got.unwrap().value, "v2");
+    // Asked last, it still counts where the others fall short: ALL, and a
+    // read at level one with both others unreachable.
+    let all = levels(Level::All, Level::All);
+    let got = c.coordinators[2].get(0, b"k", all).await.unwrap();
+    assert_eq!(got.unwrap().value, "v2");
+    c.down.lock().extend(["n1".to_owned(), "n2".to_owned()]);
+    let got = c.coordinators[2]
+        .get(0, b"k", levels(Level::One, Level::One))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.unwrap().value,
+        "v1",
+        "what it holds, rather than nothing"
+    );
 }

@@ -65,7 +65,9 @@ impl<T: Transport> QuorumStore<T> {
         for primary in &plan.primaries {
             if **primary == *self.me {
                 // NOTE: a refusal here (clock skew, engine error) is this
-                // node's own: a hint for itself would be refused too.
+                // node's own, and hints are kept for peers only: after a
+                // failed fsync, what this replica missed comes back by
+                // anti-entropy once it restarts.
                 match self.local.merge_stored(ks, key, decoded.clone()) {
                     Ok(()) => good += 1,
                     Err(e) => bad.push((primary.clone(), Err(e.to_string()))),
@@ -249,7 +251,9 @@ pub(super) fn is_blind(cmd: &WriteCmd) -> bool {
 
 /// A replica's answer to a write call: `Ok` when it wrote the record (or
 /// stored the hint), else why not and whether the replica answered and
-/// refused (`true`) rather than could not be reached (`false`).
+/// refused (`true`) rather than could not be reached (`false`). A replica
+/// that refuses every write until it restarts (its fsync failed) counts as
+/// not reached, so it is hinted.
 pub(super) fn written(result: Result<Response, String>) -> Result<(), (String, bool)> {
     match result {
         Ok(Response::Written) => Ok(()),
