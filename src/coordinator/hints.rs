@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::net::{Request, Response, Transport};
+use crate::net::{NetError, Request, Response, Transport};
 use crate::periodic::Periodic;
 use crate::storage::keys::prefix_end;
 use crate::storage::{Durability, Engine, StorageError, refused_until_restart};
@@ -407,22 +407,18 @@ impl Hints {
             let mut live = Vec::with_capacity(page.len());
             for (raw_key, raw_value) in page {
                 let size = (raw_key.len() + raw_value.len()) as u64;
-                let Some(hint) = decode_hint(&raw_value) else {
-                    if let Err(e) = self.forget(target, &raw_key, size, false) {
-                        report.failed.get_or_insert(format!("removing a hint: {e}"));
-                        break 'round;
+                let hint = match decode_hint(&raw_value) {
+                    Some(hint) if now.saturating_sub(hint.created_ms) <= self.config.window_ms => {
+                        hint
                     }
-                    report.corrupt += 1;
-                    continue;
+                    other => {
+                        let fate = other.map_or(Fate::Corrupt, |_| Fate::Expired);
+                        if !self.settle(target, &raw_key, size, fate, &mut report) {
+                            break 'round;
+                        }
+                        continue;
+                    }
                 };
-                if now.saturating_sub(hint.created_ms) > self.config.window_ms {
-                    if let Err(e) = self.forget(target, &raw_key, size, false) {
-                        report.failed.get_or_insert(format!("removing a hint: {e}"));
-                        break 'round;
-                    }
-                    report.expired += 1;
-                    continue;
-                }
                 live.push((raw_key, size, hint));
             }
             for chunk in live.chunks(DELIVERY_CONCURRENCY) {
@@ -438,38 +434,9 @@ impl Hints {
                 });
                 let answers = futures_util::future::join_all(calls).await;
                 for ((raw_key, size, _), answer) in chunk.iter().zip(answers) {
-                    match answer {
-                        Ok(Response::Written) => {
-                            if let Err(e) = self.forget(target, raw_key, *size, true) {
-                                report.failed.get_or_insert(format!("removing a hint: {e}"));
-                                break 'round;
-                            }
-                            report.delivered += 1;
-                        }
-                        Ok(Response::Error(why)) if refused_until_restart(&why) => {
-                            // NOTE: the target lost its fsync and refuses
-                            // writes until it restarts: kept for then.
-                            report.failed.get_or_insert(why);
-                        }
-                        Ok(other) => {
-                            // NOTE: the target answered and refused this
-                            // write (clock skew, unknown keyspace, bad
-                            // record): retrying cannot help, and keeping it
-                            // would block the queue behind it.
-                            tracing::warn!(
-                                target_node = target,
-                                answer = ?other,
-                                "hint refused by its target: dropped"
-                            );
-                            if let Err(e) = self.forget(target, raw_key, *size, false) {
-                                report.failed.get_or_insert(format!("removing a hint: {e}"));
-                                break 'round;
-                            }
-                            report.refused += 1;
-                        }
-                        Err(e) => {
-                            report.failed.get_or_insert(e.to_string());
-                        }
+                    let fate = fate_of(target, answer);
+                    if !self.settle(target, raw_key, *size, fate, &mut report) {
+                        break 'round;
                     }
                 }
                 if report.failed.is_some() {
@@ -486,6 +453,35 @@ impl Hints {
             .increment(report.corrupt);
         self.publish_gauges();
         Ok(report)
+    }
+
+    /// Records what became of one hint in `report`, removing it unless it
+    /// is kept. False when the round must stop at once: its removal failed.
+    fn settle(
+        &self,
+        target: &str,
+        raw_key: &[u8],
+        size: u64,
+        fate: Fate,
+        report: &mut Delivery,
+    ) -> bool {
+        if let Fate::Kept(why) = fate {
+            report.failed.get_or_insert(why);
+            return true;
+        }
+        let delivered = matches!(fate, Fate::Delivered);
+        if let Err(e) = self.forget(target, raw_key, size, delivered) {
+            report.failed.get_or_insert(format!("removing a hint: {e}"));
+            return false;
+        }
+        match fate {
+            Fate::Delivered => report.delivered += 1,
+            Fate::Expired => report.expired += 1,
+            Fate::Corrupt => report.corrupt += 1,
+            Fate::Refused => report.refused += 1,
+            Fate::Kept(_) => {}
+        }
+        true
     }
 
     /// Drops every queue's hints older than the window (they are at the
@@ -528,6 +524,40 @@ impl Hints {
             Some(e) => Err(e.into()),
             None => Ok(dropped),
         }
+    }
+}
+
+/// What becomes of a hint in a delivery round.
+enum Fate {
+    Delivered,
+    Expired,
+    Corrupt,
+    /// The target refused it for good: dropped.
+    Refused,
+    /// Not taken now (unreachable, or the target refuses writes until it
+    /// restarts): kept, and the round stops after this chunk.
+    Kept(String),
+}
+
+/// The fate of a hint from its target's answer.
+fn fate_of(target: &str, answer: Result<Response, NetError>) -> Fate {
+    match answer {
+        Ok(Response::Written) => Fate::Delivered,
+        // NOTE: the target lost its fsync and refuses writes until it
+        // restarts: kept for then.
+        Ok(Response::Error(why)) if refused_until_restart(&why) => Fate::Kept(why),
+        Ok(other) => {
+            // NOTE: the target answered and refused this write (clock skew,
+            // unknown keyspace, bad record): retrying cannot help, and
+            // keeping it would block the queue behind it.
+            tracing::warn!(
+                target_node = target,
+                answer = ?other,
+                "hint refused by its target: dropped"
+            );
+            Fate::Refused
+        }
+        Err(e) => Fate::Kept(e.to_string()),
     }
 }
 
