@@ -321,19 +321,24 @@ impl JournalSync {
         if !matches!(e, fjall::Error::Poisoned | fjall::Error::Io(_)) {
             return e.into();
         }
-        let first = self.failed.get_or_init(|| {
-            metrics::counter!("ringkv_journal_fsync_failures_total").increment(1);
-            tracing::error!(error = %e, "fjall's journal failed; writes are refused until a restart");
-            format!("fjall's journal: {e}")
-        });
-        StorageError::Fsync(first.clone())
+        // NOTE: once failed, fjall says `Poisoned` to every later call:
+        // counted and logged once.
+        if let Err(failed) = self.check() {
+            return failed;
+        }
+        self.remember(format!("fjall's journal: {e}"))
     }
 
     /// A failed fsync: remembered, so every later `Sync` flush fails too.
     fn fail(&self, path: &Path, e: &std::io::Error) -> StorageError {
+        self.remember(format!("fsync of {}: {e}", path.display()))
+    }
+
+    /// Counts and logs a failure that stops writes until a restart, and
+    /// keeps the first one, which every later refusal reports.
+    fn remember(&self, message: String) -> StorageError {
         metrics::counter!("ringkv_journal_fsync_failures_total").increment(1);
-        let message = format!("fsync of {}: {e}", path.display());
-        tracing::error!(path = %path.display(), error = %e, "journal fsync failed; writes can no longer be made durable until a restart");
+        tracing::error!(error = %message, "journal write or fsync failed; writes are refused until a restart");
         StorageError::Fsync(self.failed.get_or_init(|| message).clone())
     }
 }

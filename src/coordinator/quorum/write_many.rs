@@ -17,7 +17,6 @@ use super::write::written;
 use super::{ByNode, Plan, QuorumStore, ReplicaResult};
 use crate::coordinator::{KeyspaceId, Level, Store, StoreError, WriteCmd, WriteOutcome};
 use crate::net::{Request, Response, Transport};
-use crate::storage::refused_until_restart;
 use crate::version::Record;
 
 /// One write of a batch under way.
@@ -239,10 +238,8 @@ fn outcomes(members: &[usize], answer: Result<Response, String>) -> Vec<(usize, 
                 .iter()
                 .zip(list)
                 .map(|(&index, refusal)| {
-                    let outcome = refusal.map_or(Ok(()), |why| {
-                        let refused = !refused_until_restart(&why);
-                        Err((why, refused))
-                    });
+                    // NOTE: one write's refusal reads as a whole answer's.
+                    let outcome = refusal.map_or(Ok(()), |why| written(Ok(Response::Error(why))));
                     (index, outcome)
                 })
                 .collect();
