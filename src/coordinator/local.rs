@@ -205,10 +205,29 @@ impl LocalStore {
         old: Option<&Record>,
         new: Option<&Record>,
     ) -> Result<(), StoreError> {
-        match new {
-            Some(record) => self.engine.put(storage_key.clone(), record.encode())?,
-            None => self.engine.remove(storage_key)?,
-        }
+        self.replace_locked_encoded(ks, storage_key, old, new.map(|r| (r, r.encode())))
+    }
+
+    /// [`Self::replace_locked`] with the new record's encoded form, stored
+    /// as it is.
+    pub(crate) fn replace_locked_encoded(
+        &self,
+        ks: KeyspaceId,
+        storage_key: &Bytes,
+        old: Option<&Record>,
+        new: Option<(&Record, Bytes)>,
+    ) -> Result<(), StoreError> {
+        let new = match new {
+            Some((record, raw)) => {
+                debug_assert!(record.is_encoded_as(&raw));
+                self.engine.put(storage_key.clone(), raw)?;
+                Some(record)
+            }
+            None => {
+                self.engine.remove(storage_key)?;
+                None
+            }
+        };
         self.trees.update(ks, storage_key, old, new);
         let is_value =
             |r: Option<&Record>| r.is_some_and(|r| matches!(r.payload, Payload::Value(_)));

@@ -23,6 +23,21 @@ impl LocalStore {
         key: &[u8],
         record: Record,
     ) -> Result<(), StoreError> {
+        let raw = record.encode();
+        self.merge_stored_encoded(ks, key, record, raw)
+    }
+
+    /// [`Self::merge_stored`] of a record whose encoded form the caller
+    /// holds (`raw`, which decodes to `record`): stored as it is when
+    /// `record` wins and `raw` is in the current format, instead of encoding
+    /// it again.
+    pub fn merge_stored_encoded(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        record: Record,
+        raw: Bytes,
+    ) -> Result<(), StoreError> {
         self.hlc().observe(record.version.timestamp)?;
         self.with_key_lock(ks, key, |storage_key| {
             let old = self.read_record(storage_key)?;
@@ -33,7 +48,14 @@ impl LocalStore {
             if old.as_ref() == Some(&merged) {
                 return Ok(());
             }
-            self.replace_locked(ks, storage_key, old.as_ref(), Some(&merged))
+            // NOTE: a merge returns one of its two records: not the old one,
+            // so the incoming one, whose encoding is `raw`.
+            let raw = if merged.is_encoded_as(&raw) {
+                raw
+            } else {
+                merged.encode()
+            };
+            self.replace_locked_encoded(ks, storage_key, old.as_ref(), Some((&merged, raw)))
         })
     }
 }
@@ -109,10 +131,10 @@ impl ReplicaHandler {
         Ok(outcomes)
     }
 
-    fn merge(&self, ks: KeyspaceId, key: &[u8], record: Bytes) -> Result<(), String> {
-        let record = Record::decode(record).map_err(|e| e.to_string())?;
+    fn merge(&self, ks: KeyspaceId, key: &[u8], raw: Bytes) -> Result<(), String> {
+        let record = Record::decode(raw.clone()).map_err(|e| e.to_string())?;
         self.store
-            .merge_stored(ks, key, record)
+            .merge_stored_encoded(ks, key, record, raw)
             .map_err(|e| e.to_string())
     }
 
@@ -242,6 +264,50 @@ mod tests {
         let got = store.get(0, b"k", Consistency::default()).await.unwrap();
         assert_eq!(got.unwrap().value, "new");
         assert_eq!(store.dbsize(0).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_encoded_record_is_stored_as_sent_only_when_it_wins() {
+        let store = memory_store(Arc::new(ManualClock::new(10_000)));
+        let raw_of = |ms, value| {
+            let record = record(ms, value);
+            let raw = record.encode();
+            (record, raw)
+        };
+        let (newer, newer_raw) = raw_of(20, b"new");
+        store
+            .merge_stored_encoded(0, b"k", newer, newer_raw.clone())
+            .unwrap();
+        let stored = store.read_stored_raw(0, b"k").unwrap().unwrap();
+        assert_eq!(stored, newer_raw);
+        assert_eq!(
+            stored.as_ptr(),
+            newer_raw.as_ptr(),
+            "the sent bytes, not a copy"
+        );
+
+        let (older, older_raw) = raw_of(10, b"old");
+        store
+            .merge_stored_encoded(0, b"k", older, older_raw)
+            .unwrap();
+        assert_eq!(store.read_stored_raw(0, b"k").unwrap().unwrap(), newer_raw);
+
+        // The millisecond format of an older node is stored re-encoded.
+        let (newest, raw) = raw_of(30, b"newest");
+        let mut old_format = raw.to_vec();
+        old_format[0] = 1;
+        old_format[2..10].copy_from_slice(&((30u64 << 16).to_be_bytes()));
+        let sent = Bytes::from(old_format);
+        let decoded = Record::decode(sent.clone()).unwrap();
+        assert_eq!(
+            decoded.version.timestamp.ms(),
+            newest.version.timestamp.ms()
+        );
+        store
+            .merge_stored_encoded(0, b"k", decoded.clone(), sent)
+            .unwrap();
+        let stored = store.read_stored_raw(0, b"k").unwrap().unwrap();
+        assert_eq!(stored, decoded.encode(), "rewritten in the current format");
     }
 
     #[tokio::test]

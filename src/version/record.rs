@@ -182,6 +182,13 @@ impl Record {
         out.freeze()
     }
 
+    /// True when `raw`, which decodes to this record, is in the current
+    /// format ([`Record::encode`]'s), so it may be stored as it is instead of
+    /// encoded again (a copy of the value per write on every replica).
+    pub fn is_encoded_as(&self, raw: &[u8]) -> bool {
+        raw.first() == Some(&FORMAT_V2) && raw.len() == self.encoded_len()
+    }
+
     /// Parses [`Record::encode`]'s output; the value shares `raw`'s memory.
     pub fn decode(raw: Bytes) -> Result<Record, RecordError> {
         let truncated = RecordError::Truncated { len: raw.len() };
@@ -347,6 +354,13 @@ mod tests {
         assert_eq!(read.version.timestamp.ms(), 1_700_000_000_123);
         assert_eq!((read.version.node, read.expiry_ms), (7, Some(5)));
         assert_eq!(read.encode()[0], FORMAT_V2, "rewritten in the new format");
+        let mut old_format = read.encode().to_vec();
+        old_format[0] = FORMAT_V1;
+        assert!(
+            !read.is_encoded_as(&old_format),
+            "kept only in the new format"
+        );
+        assert!(read.is_encoded_as(&read.encode()));
     }
 
     #[test]

@@ -68,7 +68,11 @@ impl<T: Transport> QuorumStore<T> {
                 // node's own, and hints are kept for peers only: after a
                 // failed fsync, what this replica missed comes back by
                 // anti-entropy once it restarts.
-                match self.local.merge_stored(ks, key, decoded.clone()) {
+                let raw = requests.record.clone();
+                match self
+                    .local
+                    .merge_stored_encoded(ks, key, decoded.clone(), raw)
+                {
                     Ok(()) => good += 1,
                     Err(e) => bad.push((primary.clone(), Err(e.to_string()))),
                 }

@@ -69,8 +69,16 @@ impl<T: Transport> QuorumStore<T> {
                         bad: Vec::new(),
                         unhinted: Vec::new(),
                     };
-                    self.write_here_or_group(ks, &key, &record, index, &mut write, &mut by_node);
-                    (Ok(Some(write)), record.encode())
+                    let raw = record.encode();
+                    self.write_here_or_group(
+                        ks,
+                        &key,
+                        (record, &raw),
+                        index,
+                        &mut write,
+                        &mut by_node,
+                    );
+                    (Ok(Some(write)), raw)
                 }
                 Ok(None) => (Ok(None), Bytes::new()),
                 Err(e) => (Err(e), Bytes::new()),
@@ -142,7 +150,7 @@ impl<T: Transport> QuorumStore<T> {
         &self,
         ks: KeyspaceId,
         key: &[u8],
-        record: &Record,
+        (record, raw): (Record, &Bytes),
         index: usize,
         write: &mut Pending,
         by_node: &mut ByNode,
@@ -156,7 +164,10 @@ impl<T: Transport> QuorumStore<T> {
             // (Store::commit) before any reply leaves, as for a single write.
             // NOTE: a refusal here (clock skew, engine error) is this node's
             // own: a hint for itself would be refused too.
-            match self.local.merge_stored(ks, key, record.clone()) {
+            match self
+                .local
+                .merge_stored_encoded(ks, key, record.clone(), raw.clone())
+            {
                 Ok(()) => write.good += 1,
                 Err(e) => write.bad.push((primary.clone(), Err(e.to_string()))),
             }
