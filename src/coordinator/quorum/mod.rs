@@ -299,11 +299,16 @@ impl<T: Transport> QuorumStore<T> {
 
     /// Stamps `cmd` with this node's HLC and decides, against `previous`,
     /// the record it writes; `None` when it writes nothing.
-    fn stamp(&self, cmd: WriteCmd, previous: Option<&Entry>, now: u64) -> Option<Record> {
-        let version = Version {
+    /// A new version from this node's clock.
+    fn version(&self) -> Version {
+        Version {
             timestamp: self.local.hlc().now(),
             node: self.node_id,
-        };
+        }
+    }
+
+    fn stamp(&self, cmd: WriteCmd, previous: Option<&Entry>, now: u64) -> Option<Record> {
+        let version = self.version();
         match cmd.evaluate(previous, now) {
             Decision::Skip => None,
             Decision::Put { value, expiry_ms } => Some(Record::value(version, value, expiry_ms)),
@@ -495,18 +500,26 @@ impl<T: Transport> Store for QuorumStore<T> {
             let record = self.quorum_read(ks, &key, level).await?;
             Entry::from_record(record.as_ref(), now)
         };
-        let Some(record) = self.stamp(cmd, previous.as_ref(), now) else {
-            return Ok(WriteOutcome {
-                applied: false,
-                previous,
-            });
+        let delete = matches!(cmd, WriteCmd::Delete);
+        let (record, applied) = match self.stamp(cmd, previous.as_ref(), now) {
+            Some(record) => (record, true),
+            // IMPORTANT: a delete writes its tombstone even when the read
+            // found no live value (and counts no key deleted): a write that
+            // failed its quorum may sit on a replica the read did not ask
+            // (its client was told it may have been applied), and would come
+            // back through read repair or anti-entropy after this delete
+            // answered. Cassandra and Riak write every delete's tombstone too.
+            None if delete => (Record::tombstone(self.version()), false),
+            None => {
+                return Ok(WriteOutcome {
+                    applied: false,
+                    previous,
+                });
+            }
         };
         self.quorum_write(ks, &key, record, consistency.write, consistency.sloppy)
             .await?;
-        Ok(WriteOutcome {
-            applied: true,
-            previous,
-        })
+        Ok(WriteOutcome { applied, previous })
     }
 
     async fn write_many(

@@ -682,6 +682,39 @@ async fn conditional_writes_and_deletes_see_the_quorum() {
 }
 
 #[tokio::test]
+async fn a_delete_the_read_saw_nothing_for_still_buries_a_write_on_an_unread_replica() {
+    let c = cluster(3);
+    // A write that failed its quorum after reaching one replica: the one
+    // n1's quorum read does not ask (its second remote primary).
+    let placement = c.coordinators[0].placement(0, b"k").unwrap();
+    let remotes: Vec<&String> = placement.primaries.iter().filter(|p| *p != "n1").collect();
+    let unread = Cluster::index(remotes[1]);
+    let partial = Record::value(
+        Version {
+            timestamp: crate::version::Timestamp::from_ms(999_000),
+            node: unread as NodeId,
+        },
+        Bytes::from_static(b"maybe-applied"),
+        None,
+    );
+    c.stores[unread].merge_stored(0, b"k", partial).unwrap();
+
+    let del = c.coordinators[0]
+        .write(0, b"k", WriteCmd::Delete, QUORUM)
+        .await
+        .unwrap();
+    assert!(!del.applied, "the read saw no key: DEL counts none");
+    c.settle().await;
+    let all = levels(Level::All, Level::All);
+    assert_eq!(
+        c.coordinators[0].get(0, b"k", all).await.unwrap(),
+        None,
+        "the partial write stays deleted"
+    );
+    assert!(c.stored(remotes[1], b"k").unwrap().payload == crate::version::Payload::Tombstone);
+}
+
+#[tokio::test]
 async fn a_read_asks_r_replicas_local_first_and_escalates_on_failure() {
     use std::sync::atomic::Ordering::SeqCst;
     let c = cluster(3);
