@@ -43,9 +43,10 @@ pub struct DevClusterArgs {
     /// Fsync policy of every node.
     #[arg(long, default_value = "everysec")]
     fsync: String,
-    /// Replication factor of the default keyspace.
-    #[arg(long, default_value_t = 3)]
-    replication: u32,
+    /// Replication factor of the default keyspace [default: 3, or the
+    /// number of nodes when fewer].
+    #[arg(long)]
+    replication: Option<u32>,
     /// Read level of the default keyspace (one, two, quorum, all, N).
     #[arg(long, default_value = "quorum")]
     read_level: String,
@@ -81,10 +82,29 @@ struct NodePorts {
     peer: u16,
 }
 
+/// The default keyspace's replication factor: as asked, or 3 capped at the
+/// nodes there are (a 1-node dev cluster keeps one copy and still answers
+/// at quorum). More copies than nodes could never be placed: refused.
+fn replication(args: &DevClusterArgs) -> anyhow::Result<u32> {
+    match args.replication {
+        None => Ok(DEFAULT_REPLICATION.min(u32::from(args.nodes))),
+        Some(0) => bail!("--replication must be at least 1"),
+        Some(n) if n > u32::from(args.nodes) => bail!(
+            "--replication {n} needs at least {n} nodes, and --nodes is {}",
+            args.nodes
+        ),
+        Some(n) => Ok(n),
+    }
+}
+
+/// Copies of each key when `--replication` is not given.
+const DEFAULT_REPLICATION: u32 = 3;
+
 fn plan(args: &DevClusterArgs) -> anyhow::Result<Vec<NodePorts>> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    replication(args)?;
     let last = u32::from(args.base_port) + u32::from(PEER_PORT_OFFSET) + u32::from(args.nodes) - 1;
     if last > u32::from(u16::MAX) {
         bail!(
@@ -147,7 +167,9 @@ fn write_config(
     let _ = write!(
         toml,
         "\n[[keyspaces]]\nname = \"default\"\nn = {}\nread_level = {:?}\nwrite_level = {:?}\n",
-        args.replication, args.read_level, args.write_level
+        replication(args)?,
+        args.read_level,
+        args.write_level
     );
     let path = dir.join("ringkv.toml");
     std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?;
@@ -290,4 +312,40 @@ fn start_all(
             .with_context(|| format!("{} did not start; see {}", node.name, log.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: DevClusterArgs,
+    }
+
+    fn args(flags: &[&str]) -> DevClusterArgs {
+        Cli::parse_from(std::iter::once("dev-cluster").chain(flags.iter().copied())).args
+    }
+
+    #[test]
+    fn replication_defaults_to_three_capped_at_the_nodes() {
+        assert_eq!(replication(&args(&[])).unwrap(), 3);
+        assert_eq!(replication(&args(&["--nodes", "5"])).unwrap(), 3);
+        assert_eq!(replication(&args(&["--nodes", "1"])).unwrap(), 1);
+        assert_eq!(replication(&args(&["--nodes", "2"])).unwrap(), 2);
+        assert_eq!(
+            replication(&args(&["--nodes", "5", "--replication", "5"])).unwrap(),
+            5
+        );
+        let more = replication(&args(&["--nodes", "2", "--replication", "3"])).unwrap_err();
+        assert!(
+            more.to_string().contains("needs at least 3 nodes"),
+            "{more}"
+        );
+        assert!(plan(&args(&["--nodes", "2", "--replication", "3"])).is_err());
+        assert!(replication(&args(&["--replication", "0"])).is_err());
+    }
 }
