@@ -30,7 +30,9 @@ pub enum ClusterCommand {
 /// Flags of `ringkv cluster status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// HTTP address of the node to ask.
+    /// HTTP address of the node to ask: its `node.http_addr` (127.0.0.1:7380
+    /// for `ringkv server`; under `dev-cluster`, node i's RESP port + 100,
+    /// 127.0.0.1:7479 for node 1).
     #[arg(long, default_value = "127.0.0.1:7380")]
     node: String,
     /// Print the raw JSON instead of a table.
@@ -56,8 +58,7 @@ fn http_get(node: &str, path: &str, token: Option<&str>) -> anyhow::Result<Strin
         stream,
         "GET {path} HTTP/1.1\r\nHost: {node}\r\nConnection: close\r\n{auth}\r\n"
     )?;
-    let mut raw = String::new();
-    stream.take(MAX_RESPONSE_BYTES).read_to_string(&mut raw)?;
+    let raw = read_http_answer(stream, &addr)?;
     let (head, body) = raw
         .split_once("\r\n\r\n")
         .context("malformed HTTP answer")?;
@@ -69,6 +70,42 @@ fn http_get(node: &str, path: &str, token: Option<&str>) -> anyhow::Result<Strin
         bail!("{addr}{path} answered HTTP {status}: {body}");
     }
     Ok(body.to_owned())
+}
+
+/// The whole answer of an HTTP server, which closes the connection after
+/// it. What does not begin as HTTP is refused at once: a RESP port (the
+/// commonest wrong address: dev-cluster's RESP ports sit right by
+/// `ringkv server`'s HTTP port) answers each line with an error and keeps
+/// the connection open, which would otherwise end only in a timeout.
+fn read_http_answer(stream: TcpStream, addr: &SocketAddr) -> anyhow::Result<String> {
+    const HTTP: &[u8] = b"HTTP/";
+    let mut raw = Vec::new();
+    let mut reader = stream.take(MAX_RESPONSE_BYTES);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let read = reader
+            .read(&mut chunk)
+            .with_context(|| format!("reading the answer of {addr}"))?;
+        if read == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..read]);
+        let head = &raw[..raw.len().min(HTTP.len())];
+        if !HTTP.starts_with(head) {
+            let begins = String::from_utf8_lossy(&raw[..raw.len().min(40)]);
+            let resp = matches!(raw[0], b'-' | b'+' | b':' | b'$' | b'*' | b'_' | b'%');
+            bail!(
+                "{addr} did not answer in HTTP (its answer began {begins:?}){}",
+                if resp {
+                    ": that is a Redis-protocol (RESP) port; pass the node's HTTP address \
+                     (node.http_addr: RESP port + 100 under dev-cluster, 127.0.0.1:7479 for node 1)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    String::from_utf8(raw).with_context(|| format!("{addr} answered with invalid UTF-8"))
 }
 
 fn print_table(view: &ClusterView) {
@@ -217,5 +254,54 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
             print_repair(&view, now_ms);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Serves one connection with `answer` after the request's first line,
+    /// then keeps it open (as a RESP server does) unless `close`.
+    fn one_shot_server(answer: &'static str, close: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(conn.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            conn.write_all(answer.as_bytes()).unwrap();
+            if !close {
+                // NOTE: bounded: held until the client hangs up, at most 10 s.
+                conn.set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let _ = conn.read(&mut [0u8; 1024]);
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn an_http_answer_is_read_to_its_end() {
+        let addr = one_shot_server("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", true);
+        assert_eq!(http_get(&addr, "/v1/cluster", None).unwrap(), "{}");
+    }
+
+    #[test]
+    fn a_resp_port_is_named_as_such_without_waiting_for_a_timeout() {
+        let addr = one_shot_server(
+            "-ERR wrong number of arguments for 'get' command\r\n",
+            false,
+        );
+        let err = http_get(&addr, "/v1/cluster", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Redis-protocol (RESP) port"), "{err}");
+        assert!(err.contains("7479"), "names the HTTP port to use: {err}");
     }
 }
