@@ -7,9 +7,9 @@
 //! test's clock), coordinator, key, level, the value it wrote (unique per
 //! write) and its [`Outcome`]: acknowledged, refused by the server (an
 //! error reply: "unknown", it may have been applied) or lost (no answer:
-//! also unknown). A delete that removed something is a write of nil
-//! ([`Kind::Delete`]); a delete that answered 0 wrote nothing and is
-//! recorded as a read that returned nil.
+//! also unknown). A delete is a write of nil ([`Kind::Delete`]), whether it
+//! answered 1 or 0: in a cluster, one whose read found nothing still writes
+//! its tombstone.
 //!
 //! # The rules
 //! A write's version is stamped by its coordinator after the request
@@ -161,9 +161,9 @@ pub(crate) fn key_regimes(rng: &mut Rng, allowed: &[Regime], keys: usize) -> Vec
 pub(crate) enum Kind {
     /// A set of a unique value.
     Write,
-    /// A delete that removed something: a write of nil.
+    /// A delete: a write of nil.
     Delete,
-    /// A get (or a delete that found nothing).
+    /// A get.
     Read,
 }
 

@@ -576,10 +576,8 @@ async fn run_op(task: usize, seq: usize, plan: Plan, shared: &Shared, conns: &mu
     let outcome = send_bounded(&cmd, node, addr, conns, OP_TIMEOUT).await;
     let complete = Instant::now();
     let (kind, level, outcome) = match (plan.kind, outcome) {
-        // NOTE: a delete that found nothing wrote nothing: it is a read of nil.
-        (Kind::Delete, Outcome::Ok(Some(n))) if n == "0" => {
-            (Kind::Read, plan.read_level, Outcome::Ok(None))
-        }
+        // NOTE: a delete is a write of nil whatever it counted: one whose
+        // read found nothing still writes its tombstone.
         (Kind::Delete, Outcome::Ok(_)) => (Kind::Delete, plan.write_level, Outcome::Ok(None)),
         (Kind::Read, outcome) => (Kind::Read, plan.read_level, outcome),
         (kind, outcome) => (kind, plan.write_level, outcome),
