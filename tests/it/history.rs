@@ -43,6 +43,8 @@
 //! coordinators, pauses), the key regimes, the victim and the kill point. The
 //! interleaving depends on timing and is not reproduced: a failure that needs
 //! two writes within a narrow window may take many runs of its seed to recur.
+//! `sim_history` runs the same kind of workload on in-process nodes under
+//! tokio's paused clock, where a seed fixes the interleaving too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

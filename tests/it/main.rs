@@ -2,8 +2,10 @@
 //!
 //! Tiers: `commands`, `limits` and `http` run an in-process node per test;
 //! `durability` and `clients` run the `ringkv` binary as a child process;
-//! `cluster`, `handoff`, `history` and `faults` run clusters of them, and
-//! `checker` replays the histories the randomized ones record.
+//! `cluster`, `handoff`, `history` and `faults` run clusters of them;
+//! `sim_history` runs in-process nodes under tokio's paused clock, so its
+//! seed replays exactly; `checker` replays the histories the randomized ones
+//! record.
 
 mod checker;
 mod clients;
@@ -21,4 +23,5 @@ mod limits;
 mod model;
 mod net;
 mod scheduling;
+mod sim_history;
 mod support;
