@@ -23,6 +23,7 @@ use crate::net::{
 };
 use crate::resp::RespServerHandle;
 use crate::ring::{Layout, NodeSpec};
+use crate::storage::meta::{LayoutRecord, check_layout};
 use crate::storage::{Engine, MemoryEngine, StorageError};
 use crate::version::{Clock, SystemClock};
 
@@ -71,6 +72,43 @@ fn static_layout(config: &Config) -> Result<Layout, StartError> {
         .map_err(|e| StartError::Config(ConfigError::Invalid(format!("cluster layout: {e}"))))
 }
 
+/// Refuses a layout other than the one this node's data was placed by
+/// ([`crate::storage::meta`]); records it on the first start. The memory
+/// engine keeps nothing across starts: nothing to check.
+fn check_recorded_layout(config: &Config, layout: &Layout) -> Result<(), StartError> {
+    if config.storage.engine != EngineKind::Fjall {
+        return Ok(());
+    }
+    let members = config
+        .cluster
+        .nodes
+        .iter()
+        .map(|m| {
+            let mut described = m.name.clone();
+            if let Some(zone) = &m.zone {
+                described.push_str(&format!(" (zone {zone})"));
+            }
+            if m.capacity != 1 {
+                described.push_str(&format!(" (capacity {})", m.capacity));
+            }
+            described
+        })
+        .collect();
+    let record = LayoutRecord {
+        digest: layout.digest(),
+        spread: layout.spread(),
+        members,
+    };
+    if check_layout(&config.storage.data_dir, &record)? {
+        tracing::info!(
+            data_dir = %config.storage.data_dir.display(),
+            "cluster layout recorded in the data directory; a start with another cluster.nodes \
+             will be refused"
+        );
+    }
+    Ok(())
+}
+
 /// What a clustered node runs besides the single-node parts.
 pub(super) struct ClusterParts {
     pub(super) resp: RespServerHandle,
@@ -102,6 +140,7 @@ pub(super) async fn start_cluster(
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
     let transport = cluster_transport(config, &peer_config, faults);
     let layout = static_layout(config)?;
+    check_recorded_layout(config, &layout)?;
     tracing::info!(
         nodes = config.cluster.nodes.len(),
         partitions = layout.partitions(),

@@ -1,12 +1,24 @@
 //! What a data directory was created with (`ringkv.meta`): the partition
-//! count its keys are laid out in.
+//! count its keys are laid out in; and, for a cluster node, the layout it
+//! first served (`cluster.layout`).
 //!
 //! Every storage key starts with its partition (see [`super::keys`]), and the
 //! partition of a key depends on the partition count, so the same data read
 //! with another count would look lost. Like Riak's ring size and Cassandra's
 //! `num_tokens`, the count is fixed when the directory is created: a start
 //! with another `cluster.partitions` is refused with the count to use.
-//! Invariant: once `ringkv.meta` exists it is never rewritten.
+//!
+//! A node's replicas are the partitions the layout gives it, and the layout
+//! is computed from `cluster.nodes` (names, zones, capacities) and the
+//! largest `n`. Edited while the cluster is stopped, the list gives another
+//! assignment at the next start: keys would be looked for on nodes that
+//! never held them, and nothing moves them there (membership changes are
+//! DESIGN §6, not built yet). So the first start of a cluster node records
+//! its layout's digest, and a start whose layout differs is refused with
+//! both member lists, like a changed partition count.
+//!
+//! Invariant: once `ringkv.meta` or `cluster.layout` exists it is never
+//! rewritten.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 /// File name under the data directory.
 pub const META_FILE: &str = "ringkv.meta";
+/// The layout a cluster node first served, under the data directory.
+pub const LAYOUT_FILE: &str = "cluster.layout";
 /// The only format this release writes and reads.
 const META_FORMAT: u32 = 1;
 
@@ -23,6 +37,29 @@ const META_FORMAT: u32 = 1;
 struct DataDirMeta {
     format: u32,
     partitions: u32,
+}
+
+/// The layout a data directory was first served under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LayoutMeta {
+    format: u32,
+    /// [`crate::ring::Layout::digest`], in hex.
+    digest: String,
+    /// Replica set size of the layout.
+    spread: u8,
+    /// Each member as `name`, plus its zone and capacity when set.
+    members: Vec<String>,
+}
+
+/// The layout a node is about to serve, as [`check_layout`] records it.
+#[derive(Debug, Clone)]
+pub struct LayoutRecord {
+    /// [`crate::ring::Layout::digest`].
+    pub digest: u64,
+    /// [`crate::ring::Layout::spread`].
+    pub spread: u8,
+    /// Each member as `name`, plus its zone and capacity when set.
+    pub members: Vec<String>,
 }
 
 /// Why a data directory cannot be used as configured.
@@ -41,6 +78,23 @@ pub enum MetaError {
         created: u32,
         /// The configured count.
         configured: u32,
+    },
+    /// The layout computed now differs from the one the directory's data
+    /// was placed by.
+    #[error(
+        "{path}: this data directory was written under a layout of {then}; cluster.nodes and \
+         the keyspaces' largest n now give another, of {now}. Keys would be looked for on nodes \
+         that never held them, and moving data between nodes needs membership changes \
+         (join/leave), which this release does not have: restore cluster.nodes (and n) as they \
+         were on every node, or start every node from an empty data directory"
+    )]
+    LayoutChanged {
+        /// The layout file.
+        path: String,
+        /// The recorded layout, described.
+        then: String,
+        /// The configured layout, described.
+        now: String,
     },
     /// Written by another release, or not ours.
     #[error("{path}: unreadable ({reason}); this release reads format {META_FORMAT}")]
@@ -98,6 +152,67 @@ pub fn check_partitions(data_dir: &Path, partitions: u32) -> Result<bool, MetaEr
     }
 }
 
+/// Checks that `data_dir` holds data placed by `layout`, recording it when
+/// the directory has no layout yet (a node's first start in a cluster, or a
+/// directory from a release before the file existed). Returns true when it
+/// recorded it.
+pub fn check_layout(data_dir: &Path, layout: &LayoutRecord) -> Result<bool, MetaError> {
+    let path = data_dir.join(LAYOUT_FILE);
+    let shown = path.display().to_string();
+    let io = |source| MetaError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let now = LayoutMeta {
+        format: META_FORMAT,
+        digest: format!("{:016x}", layout.digest),
+        spread: layout.spread,
+        members: layout.members.clone(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let then = parse_layout(&text).map_err(|reason| MetaError::Unreadable {
+                path: shown.clone(),
+                reason,
+            })?;
+            if then.digest != now.digest {
+                let describe = |m: &LayoutMeta| {
+                    format!(
+                        "{} nodes, n = {} [{}]",
+                        m.members.len(),
+                        m.spread,
+                        m.members.join(", ")
+                    )
+                };
+                return Err(MetaError::LayoutChanged {
+                    path: shown,
+                    then: describe(&then),
+                    now: describe(&now),
+                });
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(io)?;
+            let body = toml::to_string(&now).expect("strings and integers always serialise");
+            let text = format!(
+                "# Written once, when this data directory first served a cluster. Do not edit.\n{body}"
+            );
+            write_atomically(&path, &text).map_err(io)?;
+            Ok(true)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn parse_layout(text: &str) -> Result<LayoutMeta, String> {
+    let meta: LayoutMeta = toml::from_str(text).map_err(|e| e.message().to_string())?;
+    if meta.format != META_FORMAT {
+        return Err(format!("format {}", meta.format));
+    }
+    Ok(meta)
+}
+
 fn parse(text: &str) -> Result<DataDirMeta, String> {
     let meta: DataDirMeta = toml::from_str(text).map_err(|e| e.message().to_string())?;
     if meta.format != META_FORMAT {
@@ -114,7 +229,8 @@ fn render(meta: DataDirMeta) -> String {
 /// Writes `text` to `path` so that a crash leaves either no file or the whole
 /// file: a temporary file, fsynced, renamed over, then the directory fsynced.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp: PathBuf = path.with_extension("meta.tmp");
+    let mut tmp: PathBuf = path.to_path_buf().into_os_string().into();
+    tmp.as_mut_os_string().push(".tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(text.as_bytes())?;
     // IMPORTANT: the contents must be on disk before the name points at them.
@@ -159,6 +275,36 @@ mod tests {
             check_partitions(dir.path(), 1024).is_err(),
             "512 is fixed now"
         );
+    }
+
+    fn record(digest: u64, members: &[&str]) -> LayoutRecord {
+        LayoutRecord {
+            digest,
+            spread: 3,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_first_clustered_start_records_its_layout_and_a_changed_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let three = record(7, &["node1", "node2", "node3"]);
+        assert!(check_layout(dir.path(), &three).unwrap(), "recorded");
+        assert!(!check_layout(dir.path(), &three).unwrap(), "matched");
+        let four = record(8, &["node1", "node2", "node3", "node4"]);
+        let err = check_layout(dir.path(), &four).unwrap_err().to_string();
+        assert!(
+            err.contains("3 nodes, n = 3 [node1, node2, node3]")
+                && err.contains("4 nodes, n = 3 [node1, node2, node3, node4]")
+                && err.contains("restore cluster.nodes"),
+            "{err}"
+        );
+        let text = std::fs::read_to_string(dir.path().join(LAYOUT_FILE)).unwrap();
+        assert!(text.contains("0000000000000007"), "never rewritten: {text}");
+        assert!(!dir.path().join("cluster.layout.tmp").exists());
+        // The partition count has its own file, untouched.
+        assert!(check_partitions(dir.path(), 1024).unwrap());
+        assert!(!check_layout(dir.path(), &three).unwrap());
     }
 
     #[test]

@@ -460,3 +460,46 @@ async fn info_cluster(cluster: &TestCluster, i: usize) -> String {
     let mut c = cluster.node(i).conn().await;
     ok::<String>(&mut c, &["INFO", "cluster"]).await
 }
+
+/// `cluster.nodes` edited while a node was stopped would place keys on
+/// nodes that never held them: the node refuses to start, naming both
+/// member lists, and starts again once the list is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_another_member_list_is_refused_until_it_is_restored() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = free_ports(3);
+    let config = write_config(dir.path(), 0, &ports[..2], "fjall");
+    let node = ServerProcess::start(&["--config", &config]);
+    let mut c = node.conn().await;
+    assert_eq!(
+        ok::<String>(&mut c, &["KV.PUT", "k", "v", "W", "one"]).await,
+        "OK"
+    );
+    drop(c);
+    node.kill9();
+
+    let grown = write_config(dir.path(), 0, &ports, "fjall");
+    let output = crate::support::run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ringkv"))
+            .args(["server", "--config", &grown])
+            .args(["--resp-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]),
+        Duration::from_secs(20),
+    );
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "started with a third node: {errors}"
+    );
+    assert!(
+        errors.contains("2 nodes, n = 3 [node1, node2]")
+            && errors.contains("3 nodes, n = 3 [node1, node2, node3]")
+            && errors.contains("restore cluster.nodes"),
+        "{errors}"
+    );
+
+    let restored = write_config(dir.path(), 0, &ports[..2], "fjall");
+    let node = ServerProcess::start(&["--config", &restored]);
+    let mut c = node.conn().await;
+    let got: Option<String> = ok(&mut c, &["KV.GET", "k", "R", "one"]).await;
+    assert_eq!(got.as_deref(), Some("v"));
+}

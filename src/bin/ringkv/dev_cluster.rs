@@ -308,10 +308,30 @@ fn start_all(
     }
     for (node, (_, child)) in nodes.iter().zip(children.iter_mut()) {
         let log = args.data_dir.join(&node.name).join("ringkv.log");
-        wait_listening(node.resp, child)
-            .with_context(|| format!("{} did not start; see {}", node.name, log.display()))?;
+        wait_listening(node.resp, child).with_context(|| {
+            format!(
+                "{} did not start; see {}{}",
+                node.name,
+                log.display(),
+                log_tail(&log)
+            )
+        })?;
     }
     Ok(())
+}
+
+/// The last lines of a node's log, to show why it did not start.
+fn log_tail(log: &std::path::Path) -> String {
+    const LINES: usize = 5;
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return String::new();
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(LINES)..];
+    if tail.is_empty() {
+        return String::new();
+    }
+    format!(", which ends:\n  {}", tail.join("\n  "))
 }
 
 #[cfg(test)]

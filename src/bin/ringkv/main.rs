@@ -280,9 +280,12 @@ fn use_sched_batch() -> std::io::Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("RINGKV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // NOTE: colours only on a terminal: a node's log file (dev-cluster, a
+    // service manager) stays plain text for grep and log shippers.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Server(args) => run_server_command(*args),
