@@ -359,7 +359,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
     /// Adding the k-th node copies at most 1.1x the optimum (n = 3), and
-    /// at most 1.1x the formula with equal capacities and no zones.
+    /// at most 1.1x the formula without zones, whatever the capacities.
     #[test]
     fn a_join_moves_at_most_1_1x_ideal(k in 2usize..=12, zones in 0usize..=4, unequal in any::<bool>(), seed in any::<u64>(), bits in prop::sample::select(vec![6u32, 8, 10])) {
         let nodes = cluster(&capacities(unequal, k, seed), zones);
@@ -370,13 +370,16 @@ proptest! {
         // is a consistency check (the layout copies exactly what the
         // certified minimum says), not an independent bound.
         prop_assert!(by_optimum == 1.0, "join of node {k}: {by_optimum:.3} of the optimum");
-        if !unequal && zones <= 1 {
+        if zones <= 1 {
             prop_assert!(by_formula <= LIMIT, "join of node {k}: {by_formula:.3} of the formula");
         }
     }
 
     /// Removing a node copies at most 1.1x the optimum (n = 3), and at most
-    /// 1.1x the formula with equal capacities and no zones.
+    /// 1.1x the formula with equal capacities and no zones. (With unequal
+    /// capacities a leave can exceed the count formula while matching the
+    /// optimum: 1.108x for 7 nodes of capacities 1-4 at Q = 64, found by
+    /// this test with 400 cases; docs/design/ring.md.)
     #[test]
     fn a_leave_moves_at_most_1_1x_ideal(k in 2usize..=12, gone in 0usize..12, zones in 0usize..=4, unequal in any::<bool>(), seed in any::<u64>(), bits in prop::sample::select(vec![6u32, 8, 10])) {
         let old = grown(1 << bits, &cluster(&capacities(unequal, k, seed), zones))?;
