@@ -229,6 +229,11 @@ pub struct ClusterConfig {
     /// primaries it did not ask and repairs the stale ones; 0 turns this off
     /// (anti-entropy still repairs them). Default: 100.
     pub background_read_repair_every: u64,
+    /// A quorum read still short of answers this long after it asked its
+    /// replicas asks the next primaries too, once (speculative retry), so a
+    /// stalled replica costs a read this long, not `request_timeout_ms`;
+    /// 0 turns it off. Must be below `request_timeout_ms`. Default: 50.
+    pub read_speculation_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -245,6 +250,7 @@ impl Default for ClusterConfig {
             aae_interval_ms: 60_000,
             aae_max_partitions_per_sec: 100,
             background_read_repair_every: 100,
+            read_speculation_ms: 50,
         }
     }
 }
@@ -488,6 +494,13 @@ impl Config {
         if c.request_timeout_ms == 0 {
             return fail("cluster.request_timeout_ms must be at least 1".into());
         }
+        if c.read_speculation_ms >= c.request_timeout_ms {
+            return fail(format!(
+                "cluster.read_speculation_ms = {} must be below cluster.request_timeout_ms = {} \
+                 (0 turns speculation off)",
+                c.read_speculation_ms, c.request_timeout_ms
+            ));
+        }
         if !(10..=60_000).contains(&c.gossip_interval_ms) {
             return fail(format!(
                 "cluster.gossip_interval_ms = {}: must be between 10 and 60000",
@@ -689,6 +702,12 @@ mod tests {
                 .contains("aae_max_partitions_per_sec")
         );
         c.cluster.aae_max_partitions_per_sec = 1;
+        c.cluster.read_speculation_ms = c.cluster.request_timeout_ms;
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("read_speculation_ms"), "{error}");
+        c.cluster.read_speculation_ms = 0;
+        c.validate().unwrap();
+        c.cluster.read_speculation_ms = 50;
         c.cluster.nodes.push(member("node2", 3));
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
         c.cluster.nodes.pop();

@@ -163,7 +163,12 @@ pub(super) async fn start_cluster(
         )
         .with_hints(hints.clone())
         .with_liveness(is_up.clone())
-        .with_background_repair_every(config.cluster.background_read_repair_every),
+        .with_background_repair_every(config.cluster.background_read_repair_every)
+        .with_read_speculation(
+            Some(config.cluster.read_speculation_ms)
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
+        ),
     );
     let background = quorum.background_writes();
     let delivery = spawn_hint_delivery(

@@ -44,6 +44,7 @@ use write::is_blind;
 #[cfg(test)]
 mod batch_tests;
 mod read;
+mod read_many;
 mod repair;
 #[cfg(test)]
 mod tests;
@@ -119,6 +120,9 @@ pub struct QuorumStore<T: Transport> {
     reads: std::sync::atomic::AtomicU64,
     /// One read in this many also checks the primaries it did not ask (0: none).
     repair_every: u64,
+    /// A read still short of answers after this asks the next primaries too
+    /// (None: never).
+    speculate_after: Option<std::time::Duration>,
 }
 
 /// Whether a node is up, as gossip sees it.
@@ -223,6 +227,7 @@ impl<T: Transport> QuorumStore<T> {
             is_up: Arc::new(|_| true),
             reads: std::sync::atomic::AtomicU64::new(0),
             repair_every: DEFAULT_REPAIR_EVERY,
+            speculate_after: None,
         }
     }
 
@@ -244,6 +249,16 @@ impl<T: Transport> QuorumStore<T> {
     /// did not ask in the background and repairs the stale ones.
     pub fn with_background_repair_every(mut self, every: u64) -> Self {
         self.repair_every = every;
+        self
+    }
+
+    /// A quorum read still short of answers `after` it asked its replicas
+    /// asks the next primaries too (Cassandra's speculative retry), once: a
+    /// replica that stalls (paused, overloaded, or cut off while gossip
+    /// still sees it up) costs a read `after`, not the request timeout.
+    /// None (the default): never.
+    pub fn with_read_speculation(mut self, after: Option<std::time::Duration>) -> Self {
+        self.speculate_after = after;
         self
     }
 

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 
-use super::{ByNode, Liveness, Plan, QuorumStore, ReplicaResult};
+use super::{Liveness, Plan, QuorumStore, ReplicaResult};
 use crate::coordinator::{KeyspaceId, Level, StoreError};
 use crate::net::{Request, Response, Transport};
 use crate::ring;
@@ -39,187 +39,10 @@ impl<T: Transport> QuorumStore<T> {
             .await
     }
 
-    /// Reads `keys` at `level`, each as [`Self::quorum_read`] would, except
-    /// that the remote reads going to one replica travel together as one
-    /// [`Request::ReadMany`] (a pipelined run of GETs, an MGET). A key whose
-    /// answer in a batch is missing or does not count asks the next
-    /// primaries one at a time, as a single read does.
-    pub(super) async fn quorum_read_many(
-        &self,
-        ks: KeyspaceId,
-        keys: &[Bytes],
-        level: Level,
-    ) -> Vec<Result<Option<Record>, StoreError>> {
-        let name = &self.keyspaces.get(ks).name;
-        let mut done: Vec<Option<Result<Option<Record>, StoreError>>> = Vec::new();
-        let mut reads = Vec::new();
-        let mut up = UpMemo::new(&self.is_up);
-        for (index, key) in keys.iter().enumerate() {
-            let hash = ring::key_hash(name, key);
-            let begun = self.plan_hashed(ks, hash).and_then(|plan| {
-                let needed = Self::required(level, plan.n)?;
-                Ok(match self.read_in_place(ks, hash, key, &plan, needed) {
-                    Some(record) => Some(record),
-                    None => {
-                        let read = self.begin_read(ks, hash, key.clone(), plan, needed, &mut up);
-                        reads.push((index, read));
-                        None
-                    }
-                })
-            });
-            done.push(match begun {
-                Ok(Some(record)) => Some(Ok(record)),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            });
-        }
-        if !reads.is_empty() {
-            self.ask_batched(name, &mut reads).await;
-            for (index, result) in self.settle_batched(ks, reads).await {
-                done[index] = Some(result);
-            }
-        }
-        done.into_iter()
-            .map(|result| result.expect("every key of a batched read is answered"))
-            .collect()
-    }
-
-    /// Ends the reads of a batch once their batched answers are in: most
-    /// end here, answered and agreeing, with no future; a future only for
-    /// those that must ask on or repair.
-    async fn settle_batched(
-        &self,
-        ks: KeyspaceId,
-        reads: Vec<(usize, Read)>,
-    ) -> Vec<(usize, Result<Option<Record>, StoreError>)> {
-        let mut settled = Vec::with_capacity(reads.len());
-        let (mut asking, mut repairing) = (Vec::new(), Vec::new());
-        for (index, read) in reads {
-            if read.good.len() < read.needed {
-                asking.push((index, read));
-                continue;
-            }
-            let (plan, needed) = (&read.plan, read.needed);
-            match self.conclude(ks, &read.key, plan, needed, read.good, read.bad) {
-                Ok((Some(merged), Some(seen))) => repairing.push((index, read.key, merged, seen)),
-                Ok((merged, _)) => settled.push((index, Ok(merged))),
-                Err(e) => settled.push((index, Err(e))),
-            }
-        }
-        let asked = asking.into_iter().map(|(index, read)| async move {
-            let needed = read.needed;
-            let (key, rest) = (&read.key, read.rest.into_iter());
-            let (seen, bad) = self
-                .read_rest(ks, key, rest, needed, read.good, read.bad)
-                .await;
-            let result = self
-                .settle_read(ks, key, &read.plan, needed, seen, bad)
-                .await;
-            (index, result)
-        });
-        let repaired = repairing
-            .into_iter()
-            .map(|(index, key, merged, seen)| async move {
-                self.read_repair(ks, &key, &merged, seen).await;
-                (index, Ok(Some(merged)))
-            });
-        let (asked, repaired) = futures_util::future::join(
-            futures_util::future::join_all(asked),
-            futures_util::future::join_all(repaired),
-        )
-        .await;
-        settled.extend(asked);
-        settled.extend(repaired);
-        settled
-    }
-
-    /// Sends each replica [`Request::ReadMany`]s for the keys of `reads`
-    /// that ask it, all replicas at once, and files every answer with its
-    /// read. A replica that answers a batch's first keys only is asked for
-    /// the rest again; keys it refused as a batch go back to the front of
-    /// their read's `rest`, to be asked alone (where only a key that
-    /// really fails does).
-    async fn ask_batched(&self, keyspace: &str, reads: &mut [(usize, Read)]) {
-        let mut by_node = ByNode::default();
-        for (at, (_, read)) in reads.iter_mut().enumerate() {
-            for peer in read.asked.drain(..) {
-                by_node.add(&peer, at);
-            }
-        }
-        let requests = by_node.requests(|at| reads[at].1.key.len());
-        let asks = requests.into_iter().map(|(peer, members)| {
-            let keys = members.iter().map(|&at| reads[at].1.key.clone()).collect();
-            let ask = self.read_batch(keyspace, peer.clone(), keys);
-            ask.map(move |answers| (peer, members, answers))
-        });
-        let hlc = self.local.hlc();
-        let mut asked_alone = 0;
-        for (peer, members, (records, failure)) in futures_util::future::join_all(asks).await {
-            let mut records = records.into_iter();
-            for at in members {
-                let read = &mut reads[at].1;
-                let answer = match (records.next(), &failure) {
-                    (Some(raw), _) => accept_record(hlc, Ok(Response::Record(raw))),
-                    (None, Some((why, false))) => Err(why.clone()),
-                    (None, _) => {
-                        read.rest.insert(0, peer.clone());
-                        asked_alone += 1;
-                        continue;
-                    }
-                };
-                match answer {
-                    Ok(record) => read.good.push((peer.clone(), record)),
-                    Err(why) => read.bad.push((peer.clone(), Err(why))),
-                }
-            }
-        }
-        if asked_alone > 0 {
-            metrics::counter!("ringkv_batch_read_retries_total", "reason" => "refused")
-                .increment(asked_alone);
-        }
-    }
-
-    /// The records `peer` holds of `keys`, in order, asking again for those
-    /// an answer left out; short when it failed, with why and whether it
-    /// answered and refused (`true`) rather than could not be reached.
-    async fn read_batch(
-        &self,
-        keyspace: &str,
-        peer: Arc<str>,
-        keys: Vec<Bytes>,
-    ) -> (Vec<Option<Bytes>>, Option<(String, bool)>) {
-        let mut records = Vec::with_capacity(keys.len());
-        while records.len() < keys.len() {
-            let left = keys.len() - records.len();
-            let request = Request::ReadMany {
-                keyspace: keyspace.to_owned(),
-                keys: keys[records.len()..].to_vec(),
-            };
-            let failure = match self.call_replica(peer.clone(), request).await.1 {
-                Ok(Response::Records(more)) if !more.is_empty() && more.len() <= left => {
-                    if more.len() < left {
-                        metrics::counter!("ringkv_batch_read_retries_total", "reason" => "cut_short")
-                            .increment(1);
-                    }
-                    records.extend(more);
-                    continue;
-                }
-                Ok(Response::Records(more)) => {
-                    (format!("{} records for {left} keys", more.len()), true)
-                }
-                Ok(Response::Error(why)) => (why, true),
-                Ok(other) => (format!("unexpected answer {other:?}"), true),
-                Err(why) => (why, false),
-            };
-            return (records, Some(failure));
-        }
-        (records, None)
-    }
-
     /// A read of one replica that this node holds, done in place with no
     /// fan-out (most reads at level one, and the hot path there), or `None`
     /// when the read needs other replicas or the local one failed.
-    fn read_in_place(
+    pub(super) fn read_in_place(
         &self,
         ks: KeyspaceId,
         hash: u64,
@@ -254,7 +77,7 @@ impl<T: Transport> QuorumStore<T> {
     /// primary, and which primaries to ask next (this node first, then
     /// those gossip says are up: a node reported down would only cost a
     /// timeout). A healthy read costs `r` requests, not `n`.
-    fn begin_read(
+    pub(super) fn begin_read(
         &self,
         ks: KeyspaceId,
         hash: u64,
@@ -310,7 +133,7 @@ impl<T: Transport> QuorumStore<T> {
 
     /// Asks the nodes in `waiting`, in order, until `needed` answered well
     /// or none is left: one more for each that fails.
-    async fn read_rest(
+    pub(super) async fn read_rest(
         &self,
         ks: KeyspaceId,
         key: &Bytes,
@@ -330,7 +153,8 @@ impl<T: Transport> QuorumStore<T> {
             keyspace: self.keyspaces.get(ks).name.clone(),
             key: key.clone(),
         };
-        if needed - good.len() == 1 {
+        let mut speculate = self.speculate_after;
+        if needed - good.len() == 1 && speculate.is_none() {
             // NOTE: one answer missing (a quorum read with n = 3): the others
             // are asked one at a time, as the set below would, without it.
             for node in waiting {
@@ -350,7 +174,23 @@ impl<T: Transport> QuorumStore<T> {
             calls.push(self.call_replica(node, request.clone()));
         }
         while good.len() < needed {
-            let Some((node, result)) = calls.next().await else {
+            let answer = match speculate.filter(|_| waiting.peek().is_some()) {
+                Some(after) => match tokio::time::timeout(after, calls.next()).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        // NOTE: once per read: the next primary too, and the
+                        // first answers count.
+                        speculate = None;
+                        metrics::counter!("ringkv_read_speculations_total").increment(1);
+                        if let Some(next) = waiting.next() {
+                            calls.push(self.call_replica(next, request.clone()));
+                        }
+                        continue;
+                    }
+                },
+                None => calls.next().await,
+            };
+            let Some((node, result)) = answer else {
                 break;
             };
             match accept_record(self.local.hlc(), result) {
@@ -368,7 +208,7 @@ impl<T: Transport> QuorumStore<T> {
 
     /// Ends a read that asked what it could: [`Self::conclude`], then the
     /// merged record written back to the stale replicas read.
-    async fn settle_read(
+    pub(super) async fn settle_read(
         &self,
         ks: KeyspaceId,
         key: &Bytes,
@@ -389,7 +229,7 @@ impl<T: Transport> QuorumStore<T> {
     /// it); unavailable if fewer than `needed` answered. When the replicas
     /// read disagree, or one read in `repair_every`, the primaries not read
     /// are checked in the background.
-    fn conclude(
+    pub(super) fn conclude(
         &self,
         ks: KeyspaceId,
         key: &Bytes,
@@ -475,15 +315,15 @@ impl<'a> UpMemo<'a> {
 /// A read under way: what answered so far, who is being asked, and who is
 /// left to ask if they fail.
 pub(super) struct Read {
-    key: Bytes,
-    plan: Arc<Plan>,
-    needed: usize,
-    good: Vec<(Arc<str>, Option<Record>)>,
-    bad: Vec<ReplicaResult>,
+    pub(super) key: Bytes,
+    pub(super) plan: Arc<Plan>,
+    pub(super) needed: usize,
+    pub(super) good: Vec<(Arc<str>, Option<Record>)>,
+    pub(super) bad: Vec<ReplicaResult>,
     /// The replicas to ask now, one for each answer still needed.
-    asked: Vec<Arc<str>>,
+    pub(super) asked: Vec<Arc<str>>,
     /// The other primaries, in the order they are asked if one fails.
-    rest: Vec<Arc<str>>,
+    pub(super) rest: Vec<Arc<str>>,
 }
 
 /// The merge (newest version) of the records `answers` hold, if any.

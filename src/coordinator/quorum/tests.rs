@@ -33,6 +33,8 @@ pub(super) struct Batches {
     /// Nodes whose calls fail as unreachable, but only after 20 ms: after
     /// the other replicas answered.
     pub(super) failing_late: parking_lot::Mutex<HashSet<String>>,
+    /// Nodes that answer, but only after a second (paused, overloaded).
+    pub(super) slow: parking_lot::Mutex<HashSet<String>>,
 }
 
 impl Transport for TestNet {
@@ -45,6 +47,9 @@ impl Transport for TestNet {
         };
         if self.down.lock().contains(to) {
             return Err(NetError::Unreachable("connection refused".into()));
+        }
+        if self.batches.slow.lock().contains(to) {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         if self.batches.failing_late.lock().contains(to) {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -712,6 +717,83 @@ async fn a_delete_the_read_saw_nothing_for_still_buries_a_write_on_an_unread_rep
         "the partial write stays deleted"
     );
     assert!(c.stored(remotes[1], b"k").unwrap().payload == crate::version::Payload::Tombstone);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_kept_waiting_by_a_slow_replica_asks_the_next_primary_after_the_speculation_delay() {
+    let mut c = cluster(3);
+    for key in [&b"k"[..], b"a", b"b"] {
+        c.coordinators[0]
+            .write(0, key, set(b"v"), QUORUM)
+            .await
+            .unwrap();
+    }
+    // NOTE: the remote primary n1 asks first for "k" is the first after n1.
+    let placement = c.coordinators[0].placement(0, b"k").unwrap();
+    let first = placement
+        .primaries
+        .iter()
+        .find(|p| p.as_str() != "n1")
+        .unwrap()
+        .clone();
+    c.batches.slow.lock().insert(first.clone());
+    let started = tokio::time::Instant::now();
+    let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
+    assert_eq!(got.unwrap().value, "v");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "without speculation the read waits for the slow replica"
+    );
+
+    let speculating = c
+        .coordinators
+        .remove(0)
+        .with_read_speculation(Some(std::time::Duration::from_millis(20)));
+    let started = tokio::time::Instant::now();
+    let got = speculating.get(0, b"k", QUORUM).await.unwrap();
+    assert_eq!(got.unwrap().value, "v");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(20)
+            && waited < std::time::Duration::from_secs(1),
+        "answered by the next primary after 20 ms: {waited:?}"
+    );
+
+    // Batched (a pipelined run of GETs, an MGET): every remote the batch
+    // asked is slow, so its keys go to their next primaries, batched.
+    c.batches.slow.lock().clear();
+    for node in ["n2", "n3"] {
+        c.batches.slow.lock().insert(node.to_owned());
+    }
+    let keys = [
+        Bytes::from_static(b"k"),
+        Bytes::from_static(b"a"),
+        Bytes::from_static(b"b"),
+    ];
+    let started = tokio::time::Instant::now();
+    let got = speculating.get_many(0, &keys, QUORUM).await;
+    assert!(
+        got.iter()
+            .all(|r| r.as_ref().unwrap().as_ref().unwrap().value == "v")
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(20),
+        "both remotes slow: the speculative batch waits too: {waited:?}"
+    );
+    // NOTE: only the remote "k" asks first stays slow.
+    c.batches.slow.lock().retain(|node| *node == first);
+    let started = tokio::time::Instant::now();
+    let got = speculating.get_many(0, &keys, QUORUM).await;
+    assert!(
+        got.iter()
+            .all(|r| r.as_ref().unwrap().as_ref().unwrap().value == "v")
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(1),
+        "one remote slow: the batch's keys it held go to the other: {waited:?}"
+    );
 }
 
 #[tokio::test]
