@@ -20,9 +20,10 @@
 //!   and whose version is not too far ahead of this node's clock.
 //! - A failed write that left a hint anywhere says it may have been applied.
 //!
-//! This file holds the types, the routing and the [`Store`] impl; the read
-//! path is in `read.rs` (batched reads too), the write path in `write.rs`,
-//! batched writes in `write_many.rs`.
+//! This file holds the types and the [`Store`] impl; where a key's replicas
+//! are is in `routing.rs`, the read path in `read.rs` (batched reads in
+//! `read_many.rs`), the write path in `write.rs` (batched writes in
+//! `write_many.rs`), read repair in `repair.rs`.
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ use crate::net::Handler;
 use crate::net::{NetError, Request, Response, Transport};
 use crate::ring::{self, Layout};
 use crate::version::{NodeId, Record, Version};
+use routing::{Plan, Routing};
 use write::is_blind;
 
 #[cfg(test)]
@@ -46,6 +48,7 @@ mod batch_tests;
 mod read;
 mod read_many;
 mod repair;
+mod routing;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -144,62 +147,6 @@ type ReplicaResult = (Arc<str>, Result<Response, String>);
 /// answer, or why there is none.
 type WriteResult = (Arc<str>, Option<Arc<str>>, Result<Response, String>);
 
-/// The primaries of a key, the nodes that would stand in for them, and the
-/// replication factor wanted.
-struct Plan {
-    primaries: Vec<Arc<str>>,
-    fallbacks: Vec<Arc<str>>,
-    n: usize,
-    /// This node is one of the primaries.
-    local: bool,
-}
-
-/// A layout and every plan it implies, computed once per layout so the
-/// request path does no ring walk and no allocation to find replicas.
-struct Routing {
-    layout: Arc<Layout>,
-    /// Per keyspace: the plan of every partition, or why the layout cannot
-    /// place that keyspace's replicas.
-    plans: Vec<Result<Vec<Arc<Plan>>, String>>,
-}
-
-impl Routing {
-    fn new(layout: Layout, keyspaces: &Keyspaces, me: &str) -> Self {
-        let plans = keyspaces
-            .iter()
-            .map(|config| {
-                let n = config.n as usize;
-                (0..layout.partitions())
-                    .map(|partition| {
-                        let list = layout
-                            .preference_list(partition as ring::PartitionId, n)
-                            .map_err(|e| e.to_string())?;
-                        let names = |nodes: &[ring::NodeIndex]| -> Vec<Arc<str>> {
-                            nodes
-                                .iter()
-                                .filter_map(|i| {
-                                    layout.node(*i).map(|spec| Arc::from(spec.name.as_str()))
-                                })
-                                .collect()
-                        };
-                        let primaries = names(&list.primaries);
-                        Ok(Arc::new(Plan {
-                            local: primaries.iter().any(|p| **p == *me),
-                            primaries,
-                            fallbacks: names(&list.fallbacks),
-                            n,
-                        }))
-                    })
-                    .collect()
-            })
-            .collect();
-        Self {
-            layout: Arc::new(layout),
-            plans,
-        }
-    }
-}
-
 impl<T: Transport> QuorumStore<T> {
     /// A coordinator over `local` (this node's replica) and `transport`.
     pub fn new(
@@ -279,41 +226,6 @@ impl<T: Transport> QuorumStore<T> {
         self.routing.read().layout.clone()
     }
 
-    /// The key's partition, the layout in force and its preference list for
-    /// the keyspace's `n`.
-    fn preference(
-        &self,
-        ks: KeyspaceId,
-        key: &[u8],
-    ) -> Result<(ring::PartitionId, Arc<Layout>, ring::PreferenceList), StoreError> {
-        let config = self.keyspaces.get(ks);
-        let partition = ring::partition_of(&config.name, key, self.partitions);
-        let layout = self.layout();
-        let list = layout
-            .preference_list(partition, config.n as usize)
-            .map_err(|e| StoreError::Layout(e.to_string()))?;
-        Ok((partition, layout, list))
-    }
-
-    fn plan(&self, ks: KeyspaceId, key: &[u8]) -> Result<Arc<Plan>, StoreError> {
-        self.plan_hashed(ks, ring::key_hash(&self.keyspaces.get(ks).name, key))
-    }
-
-    /// [`Self::plan`] for a key whose [`ring::key_hash`] is `hash`.
-    fn plan_hashed(&self, ks: KeyspaceId, hash: u64) -> Result<Arc<Plan>, StoreError> {
-        let partition = ring::partition_of_hash(hash, self.partitions);
-        let routing = self.routing.read();
-        let plans = routing.plans[ks]
-            .as_ref()
-            .map_err(|e| StoreError::Layout(e.clone()))?;
-        plans
-            .get(usize::from(partition))
-            .cloned()
-            .ok_or_else(|| StoreError::Layout(format!("no partition {partition} in the layout")))
-    }
-
-    /// Stamps `cmd` with this node's HLC and decides, against `previous`,
-    /// the record it writes; `None` when it writes nothing.
     /// A new version from this node's clock.
     fn version(&self) -> Version {
         Version {
@@ -322,6 +234,8 @@ impl<T: Transport> QuorumStore<T> {
         }
     }
 
+    /// Stamps `cmd` with this node's HLC and decides, against `previous`,
+    /// the record it writes; `None` when it writes nothing.
     fn stamp(&self, cmd: WriteCmd, previous: Option<&Entry>, now: u64) -> Option<Record> {
         let version = self.version();
         match cmd.evaluate(previous, now) {
