@@ -232,8 +232,18 @@ pub struct ClusterConfig {
     /// A quorum read still short of answers this long after it asked its
     /// replicas asks the next primaries too, once (speculative retry), so a
     /// stalled replica costs a read this long, not `request_timeout_ms`;
-    /// 0 turns it off. Must be below `request_timeout_ms`. Default: 50.
+    /// 0 turns it off, and so does a value not below `request_timeout_ms`
+    /// (logged at start). Default: 50.
     pub read_speculation_ms: u64,
+}
+
+impl ClusterConfig {
+    /// How long a read waits before it speculates, if it does: off at 0,
+    /// and off (it could never fire) at or above the request timeout.
+    pub fn read_speculation(&self) -> Option<std::time::Duration> {
+        (self.read_speculation_ms > 0 && self.read_speculation_ms < self.request_timeout_ms)
+            .then(|| std::time::Duration::from_millis(self.read_speculation_ms))
+    }
 }
 
 impl Default for ClusterConfig {
@@ -494,13 +504,6 @@ impl Config {
         if c.request_timeout_ms == 0 {
             return fail("cluster.request_timeout_ms must be at least 1".into());
         }
-        if c.read_speculation_ms >= c.request_timeout_ms {
-            return fail(format!(
-                "cluster.read_speculation_ms = {} must be below cluster.request_timeout_ms = {} \
-                 (0 turns speculation off)",
-                c.read_speculation_ms, c.request_timeout_ms
-            ));
-        }
         if !(10..=60_000).contains(&c.gossip_interval_ms) {
             return fail(format!(
                 "cluster.gossip_interval_ms = {}: must be between 10 and 60000",
@@ -702,12 +705,6 @@ mod tests {
                 .contains("aae_max_partitions_per_sec")
         );
         c.cluster.aae_max_partitions_per_sec = 1;
-        c.cluster.read_speculation_ms = c.cluster.request_timeout_ms;
-        let error = c.validate().unwrap_err().to_string();
-        assert!(error.contains("read_speculation_ms"), "{error}");
-        c.cluster.read_speculation_ms = 0;
-        c.validate().unwrap();
-        c.cluster.read_speculation_ms = 50;
         c.cluster.nodes.push(member("node2", 3));
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
         c.cluster.nodes.pop();
@@ -732,6 +729,20 @@ mod tests {
         assert!(error.contains("max_clock_skew_ms"), "{error}");
         c.storage.tombstone_grace_ms = 63_101;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn read_speculation_is_off_at_zero_and_when_it_could_never_fire() {
+        let mut c = ClusterConfig::default();
+        assert_eq!(
+            c.read_speculation(),
+            Some(std::time::Duration::from_millis(50))
+        );
+        c.read_speculation_ms = 0;
+        assert_eq!(c.read_speculation(), None);
+        c.read_speculation_ms = 50;
+        c.request_timeout_ms = 50;
+        assert_eq!(c.read_speculation(), None);
     }
 
     #[test]

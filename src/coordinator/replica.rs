@@ -31,7 +31,7 @@ impl LocalStore {
     /// holds (`raw`, which decodes to `record`): stored as it is when
     /// `record` wins and `raw` is in the current format, instead of encoding
     /// it again.
-    pub fn merge_stored_encoded(
+    pub(crate) fn merge_stored_encoded(
         &self,
         ks: KeyspaceId,
         key: &[u8],

@@ -73,12 +73,14 @@ fn static_layout(config: &Config) -> Result<Layout, StartError> {
 }
 
 /// Refuses a layout other than the one this node's data was placed by
-/// ([`crate::storage::meta`]); records it on the first start. The memory
-/// engine keeps nothing across starts: nothing to check.
-fn check_recorded_layout(config: &Config, layout: &Layout) -> Result<(), StartError> {
-    if config.storage.engine != EngineKind::Fjall {
+/// ([`crate::storage::meta`]); records it on the first start. Runs before
+/// the data is opened. The memory engine keeps nothing across starts:
+/// nothing to check.
+pub(super) fn check_recorded_layout(config: &Config) -> Result<(), StartError> {
+    if config.storage.engine != EngineKind::Fjall || !config.is_clustered() {
         return Ok(());
     }
+    let layout = static_layout(config)?;
     let members = config
         .cluster
         .nodes
@@ -140,7 +142,13 @@ pub(super) async fn start_cluster(
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
     let transport = cluster_transport(config, &peer_config, faults);
     let layout = static_layout(config)?;
-    check_recorded_layout(config, &layout)?;
+    if config.cluster.read_speculation_ms > 0 && config.cluster.read_speculation().is_none() {
+        tracing::warn!(
+            read_speculation_ms = config.cluster.read_speculation_ms,
+            request_timeout_ms = config.cluster.request_timeout_ms,
+            "read speculation off: its delay is not below the request timeout"
+        );
+    }
     tracing::info!(
         nodes = config.cluster.nodes.len(),
         partitions = layout.partitions(),
@@ -164,11 +172,7 @@ pub(super) async fn start_cluster(
         .with_hints(hints.clone())
         .with_liveness(is_up.clone())
         .with_background_repair_every(config.cluster.background_read_repair_every)
-        .with_read_speculation(
-            Some(config.cluster.read_speculation_ms)
-                .filter(|&ms| ms > 0)
-                .map(Duration::from_millis),
-        ),
+        .with_read_speculation(config.cluster.read_speculation()),
     );
     let background = quorum.background_writes();
     let delivery = spawn_hint_delivery(

@@ -180,6 +180,7 @@ impl Node {
                 "partition count recorded in the data directory; it is fixed from now on"
             );
         }
+        cluster::check_recorded_layout(&config)?;
         let metrics = metrics_handle();
         let engine = open_engine(&config)?;
         let engine_kind = engine.kind();

@@ -53,13 +53,13 @@ struct LayoutMeta {
 
 /// The layout a node is about to serve, as [`check_layout`] records it.
 #[derive(Debug, Clone)]
-pub struct LayoutRecord {
+pub(crate) struct LayoutRecord {
     /// [`crate::ring::Layout::digest`].
-    pub digest: u64,
+    pub(crate) digest: u64,
     /// [`crate::ring::Layout::spread`].
-    pub spread: u8,
+    pub(crate) spread: u8,
     /// Each member as `name`, plus its zone and capacity when set.
-    pub members: Vec<String>,
+    pub(crate) members: Vec<String>,
 }
 
 /// Why a data directory cannot be used as configured.
@@ -94,6 +94,23 @@ pub enum MetaError {
         /// The recorded layout, described.
         then: String,
         /// The configured layout, described.
+        now: String,
+    },
+    /// The same members and `n` give another layout: the release changed
+    /// how partitions are placed.
+    #[error(
+        "{path}: this data directory was written under a layout of {members} that this release \
+         places differently (digest {then} there, {now} here): keys would be looked for on \
+         nodes that never held them; run the release that wrote this data directory"
+    )]
+    PlacementChanged {
+        /// The layout file.
+        path: String,
+        /// The members, described.
+        members: String,
+        /// The recorded digest.
+        then: String,
+        /// The digest computed now.
         now: String,
     },
     /// Written by another release, or not ours.
@@ -156,7 +173,7 @@ pub fn check_partitions(data_dir: &Path, partitions: u32) -> Result<bool, MetaEr
 /// the directory has no layout yet (a node's first start in a cluster, or a
 /// directory from a release before the file existed). Returns true when it
 /// recorded it.
-pub fn check_layout(data_dir: &Path, layout: &LayoutRecord) -> Result<bool, MetaError> {
+pub(crate) fn check_layout(data_dir: &Path, layout: &LayoutRecord) -> Result<bool, MetaError> {
     let path = data_dir.join(LAYOUT_FILE);
     let shown = path.display().to_string();
     let io = |source| MetaError::Io {
@@ -176,6 +193,14 @@ pub fn check_layout(data_dir: &Path, layout: &LayoutRecord) -> Result<bool, Meta
                 reason,
             })?;
             if then.digest != now.digest {
+                if then.members == now.members && then.spread == now.spread {
+                    return Err(MetaError::PlacementChanged {
+                        path: shown,
+                        members: format!("n = {} [{}]", now.spread, now.members.join(", ")),
+                        then: then.digest,
+                        now: now.digest,
+                    });
+                }
                 let describe = |m: &LayoutMeta| {
                     format!(
                         "{} nodes, n = {} [{}]",
@@ -302,6 +327,12 @@ mod tests {
         let text = std::fs::read_to_string(dir.path().join(LAYOUT_FILE)).unwrap();
         assert!(text.contains("0000000000000007"), "never rewritten: {text}");
         assert!(!dir.path().join("cluster.layout.tmp").exists());
+        let moved = record(9, &["node1", "node2", "node3"]);
+        let err = check_layout(dir.path(), &moved).unwrap_err().to_string();
+        assert!(
+            err.contains("places differently") && err.contains("run the release that wrote"),
+            "the same members: {err}"
+        );
         // The partition count has its own file, untouched.
         assert!(check_partitions(dir.path(), 1024).unwrap());
         assert!(!check_layout(dir.path(), &three).unwrap());

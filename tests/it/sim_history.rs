@@ -51,6 +51,9 @@ const LOSS: f64 = 0.002;
 const PARTITIONS: u32 = 64;
 /// A call not answered within this is a timeout (tokio's paused clock).
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(200);
+/// A read short of answers this long asks one more primary: a lost message
+/// makes it speculate.
+const SPECULATION: Duration = Duration::from_millis(5);
 
 fn name(i: usize) -> String {
     format!("node{}", i + 1)
@@ -129,7 +132,8 @@ fn start_nodes(net: &MemNetwork, down: &Arc<Mutex<HashSet<String>>>) -> Vec<Node
                 layout.clone(),
             )
             .with_hints(hints.clone())
-            .with_liveness(Arc::new(move |peer: &str| !gossip.lock().contains(peer)));
+            .with_liveness(Arc::new(move |peer: &str| !gossip.lock().contains(peer)))
+            .with_read_speculation(Some(SPECULATION));
             Node { store, hints }
         })
         .collect()

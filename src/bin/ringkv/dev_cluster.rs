@@ -331,7 +331,16 @@ fn log_tail(log: &std::path::Path) -> String {
     if tail.is_empty() {
         return String::new();
     }
-    format!(", which ends:\n  {}", tail.join("\n  "))
+    let mut shown = format!(", which ends:\n  {}", tail.join("\n  "));
+    if tail.iter().any(|line| line.contains("cluster.layout")) {
+        // NOTE: the commonest cause here: another --nodes or --replication
+        // over the data of an earlier run.
+        shown.push_str(
+            "\n(dev-cluster keeps every node's data under --data-dir: for a cluster of \
+             another shape, pass a new --data-dir or remove the old one)",
+        );
+    }
+    shown
 }
 
 #[cfg(test)]

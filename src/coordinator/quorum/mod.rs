@@ -438,7 +438,10 @@ impl<T: Transport> Store for QuorumStore<T> {
             // (its client was told it may have been applied), and would come
             // back through read repair or anti-entropy after this delete
             // answered. Cassandra and Riak write every delete's tombstone too.
-            None if delete => (Record::tombstone(self.version()), false),
+            None if delete => {
+                metrics::counter!("ringkv_deletes_of_unseen_keys_total").increment(1);
+                (Record::tombstone(self.version()), false)
+            }
             None => {
                 return Ok(WriteOutcome {
                     applied: false,

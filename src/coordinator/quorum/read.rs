@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::time::Instant;
 
 use super::{Liveness, Plan, QuorumStore, ReplicaResult};
 use crate::coordinator::{KeyspaceId, Level, StoreError};
@@ -30,13 +31,17 @@ impl<T: Transport> QuorumStore<T> {
         }
         let key = Bytes::copy_from_slice(key);
         let mut up = UpMemo::new(&self.is_up);
-        let read = self.begin_read(ks, hash, key, plan, needed, &mut up);
-        let waiting = read.asked.into_iter().chain(read.rest);
-        let (seen, bad) = self
-            .read_rest(ks, &read.key, waiting, needed, read.good, read.bad)
+        let mut read = self.begin_read(ks, hash, key, plan, needed, &mut up);
+        self.read_rest(ks, &mut read, self.speculation_deadline())
             .await;
-        self.settle_read(ks, &read.key, &read.plan, needed, seen, bad)
+        let (key, plan) = (&read.key, &read.plan);
+        self.settle_read(ks, key, plan, needed, read.good, read.bad)
             .await
+    }
+
+    /// When a read begun now speculates, if it does.
+    pub(super) fn speculation_deadline(&self) -> Option<Instant> {
+        self.speculate_after.map(|after| Instant::now() + after)
     }
 
     /// A read of one replica that this node holds, done in place with no
@@ -106,19 +111,25 @@ impl<T: Transport> QuorumStore<T> {
         // asked now.
         let want = needed.saturating_sub(good.len());
         let (mut asked, mut rest) = (Vec::with_capacity(want), Vec::new());
-        let mut place = |node: &Arc<str>| match asked.len() < want {
-            true => asked.push(node.clone()),
-            false => rest.push(node.clone()),
-        };
+        let mut spare = 0;
         for up_now in [true, false] {
             for node in plan.primaries.iter() {
                 if **node != *self.me && up.is_up(node) == up_now {
-                    place(node);
+                    match asked.len() < want {
+                        true => asked.push(node.clone()),
+                        false => rest.push(node.clone()),
+                    }
                 }
+            }
+            if up_now {
+                spare = rest.len();
             }
         }
         if let Some(me) = frozen {
-            place(me);
+            match asked.len() < want {
+                true => asked.push(me.clone()),
+                false => rest.push(me.clone()),
+            }
         }
         Read {
             key,
@@ -128,62 +139,67 @@ impl<T: Transport> QuorumStore<T> {
             bad,
             asked,
             rest,
+            spare,
+            speculated: false,
         }
     }
 
-    /// Asks the nodes in `waiting`, in order, until `needed` answered well
-    /// or none is left: one more for each that fails.
+    /// Asks `read.asked`, then `read.rest` in order, until `read.needed`
+    /// answered well or none is left: one more for each that fails. If
+    /// answers are still missing at `deadline` (read speculation), one more
+    /// too, once per read, and only a spare primary (up, and not this
+    /// node's frozen replica); the first answers count.
     pub(super) async fn read_rest(
         &self,
         ks: KeyspaceId,
-        key: &Bytes,
-        waiting: impl Iterator<Item = Arc<str>>,
-        needed: usize,
-        mut good: Vec<(Arc<str>, Option<Record>)>,
-        mut bad: Vec<ReplicaResult>,
-    ) -> (Vec<(Arc<str>, Option<Record>)>, Vec<ReplicaResult>) {
-        if good.len() >= needed {
-            return (good, bad);
+        read: &mut Read,
+        deadline: Option<Instant>,
+    ) {
+        let missing = read.needed.saturating_sub(read.good.len());
+        if missing == 0 {
+            return;
         }
-        let mut waiting = waiting.peekable();
-        if waiting.peek().is_none() {
-            return (good, bad);
-        }
+        // NOTE: the spare primaries are right behind those asked.
+        let spare_end = read.asked.len() + read.spare;
+        let asked = std::mem::take(&mut read.asked);
+        let mut waiting = asked.into_iter().chain(std::mem::take(&mut read.rest));
         let request = Request::Read {
             keyspace: self.keyspaces.get(ks).name.clone(),
-            key: key.clone(),
+            key: read.key.clone(),
         };
-        let mut speculate = self.speculate_after;
-        if needed - good.len() == 1 && speculate.is_none() {
+        let mut speculate = deadline.filter(|_| !read.speculated && missing < spare_end);
+        if missing == 1 && speculate.is_none() {
             // NOTE: one answer missing (a quorum read with n = 3): the others
             // are asked one at a time, as the set below would, without it.
             for node in waiting {
                 let (node, result) = self.call_replica(node, request.clone()).await;
                 match accept_record(self.local.hlc(), result) {
                     Ok(record) => {
-                        good.push((node, record));
+                        read.good.push((node, record));
                         break;
                     }
-                    Err(why) => bad.push((node, Err(why))),
+                    Err(why) => read.bad.push((node, Err(why))),
                 }
             }
-            return (good, bad);
+            return;
         }
         let mut calls = FuturesUnordered::new();
-        for node in waiting.by_ref().take(needed - good.len()) {
+        let mut taken = 0;
+        for node in waiting.by_ref().take(missing) {
+            taken += 1;
             calls.push(self.call_replica(node, request.clone()));
         }
-        while good.len() < needed {
-            let answer = match speculate.filter(|_| waiting.peek().is_some()) {
-                Some(after) => match tokio::time::timeout(after, calls.next()).await {
+        while read.good.len() < read.needed {
+            let answer = match speculate.filter(|_| taken < spare_end) {
+                Some(at) => match tokio::time::timeout_at(at, calls.next()).await {
                     Ok(answer) => answer,
                     Err(_) => {
-                        // NOTE: once per read: the next primary too, and the
-                        // first answers count.
                         speculate = None;
+                        read.speculated = true;
                         metrics::counter!("ringkv_read_speculations_total").increment(1);
-                        if let Some(next) = waiting.next() {
-                            calls.push(self.call_replica(next, request.clone()));
+                        if let Some(node) = waiting.next() {
+                            taken += 1;
+                            calls.push(self.call_replica(node, request.clone()));
                         }
                         continue;
                     }
@@ -194,16 +210,16 @@ impl<T: Transport> QuorumStore<T> {
                 break;
             };
             match accept_record(self.local.hlc(), result) {
-                Ok(record) => good.push((node, record)),
+                Ok(record) => read.good.push((node, record)),
                 Err(why) => {
-                    bad.push((node, Err(why)));
+                    read.bad.push((node, Err(why)));
                     if let Some(next) = waiting.next() {
+                        taken += 1;
                         calls.push(self.call_replica(next, request.clone()));
                     }
                 }
             }
         }
-        (good, bad)
     }
 
     /// Ends a read that asked what it could: [`Self::conclude`], then the
@@ -324,6 +340,11 @@ pub(super) struct Read {
     pub(super) asked: Vec<Arc<str>>,
     /// The other primaries, in the order they are asked if one fails.
     pub(super) rest: Vec<Arc<str>>,
+    /// How many at the front of `rest` read speculation may ask: up, and
+    /// not this node's frozen replica.
+    pub(super) spare: usize,
+    /// Read speculation asked one more already.
+    pub(super) speculated: bool,
 }
 
 /// The merge (newest version) of the records `answers` hold, if any.

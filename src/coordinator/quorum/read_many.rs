@@ -7,8 +7,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use tokio::time::Instant;
 
 use super::read::{Read, UpMemo, accept_record};
 use super::{ByNode, QuorumStore};
@@ -53,8 +55,9 @@ impl<T: Transport> QuorumStore<T> {
             });
         }
         if !reads.is_empty() {
-            self.ask_batched(name, &mut reads).await;
-            for (index, result) in self.settle_batched(ks, reads).await {
+            let deadline = self.speculation_deadline();
+            self.ask_batched(name, &mut reads, deadline).await;
+            for (index, result) in self.settle_batched(ks, reads, deadline).await {
                 done[index] = Some(result);
             }
         }
@@ -70,6 +73,7 @@ impl<T: Transport> QuorumStore<T> {
         &self,
         ks: KeyspaceId,
         reads: Vec<(usize, Read)>,
+        deadline: Option<Instant>,
     ) -> Vec<(usize, Result<Option<Record>, StoreError>)> {
         let mut settled = Vec::with_capacity(reads.len());
         let (mut asking, mut repairing) = (Vec::new(), Vec::new());
@@ -85,14 +89,11 @@ impl<T: Transport> QuorumStore<T> {
                 Err(e) => settled.push((index, Err(e))),
             }
         }
-        let asked = asking.into_iter().map(|(index, read)| async move {
-            let needed = read.needed;
-            let (key, rest) = (&read.key, read.rest.into_iter());
-            let (seen, bad) = self
-                .read_rest(ks, key, rest, needed, read.good, read.bad)
-                .await;
+        let asked = asking.into_iter().map(|(index, mut read)| async move {
+            self.read_rest(ks, &mut read, deadline).await;
+            let (key, plan, needed) = (&read.key, &read.plan, read.needed);
             let result = self
-                .settle_read(ks, key, &read.plan, needed, seen, bad)
+                .settle_read(ks, key, plan, needed, read.good, read.bad)
                 .await;
             (index, result)
         });
@@ -117,80 +118,77 @@ impl<T: Transport> QuorumStore<T> {
     /// read. A replica that answers a batch's first keys only is asked for
     /// the rest again; keys it refused as a batch go back to the front of
     /// their read's `rest`, to be asked alone (where only a key that
-    /// really fails does). With read speculation, batches still out after
-    /// its delay are given up, once: their reads ask their next primaries,
-    /// batched again, and keep the slow replica last in `rest`.
-    async fn ask_batched(&self, keyspace: &str, reads: &mut [(usize, Read)]) {
-        let mut speculate = self.speculate_after;
+    /// really fails does). Reads still short of answers at `deadline` (read
+    /// speculation) ask their spare primaries too, batched again, while
+    /// the batches already out stay out: the first answers count.
+    async fn ask_batched(
+        &self,
+        keyspace: &str,
+        reads: &mut [(usize, Read)],
+        deadline: Option<Instant>,
+    ) {
+        // NOTE: per read, the replicas whose batch is still out.
+        let mut pending: Vec<Vec<Arc<str>>> = vec![Vec::new(); reads.len()];
+        let mut asks = FuturesUnordered::new();
+        self.send_batches(keyspace, reads, &mut pending, &mut asks);
+        let mut speculate = deadline;
         loop {
-            let mut by_node = ByNode::default();
-            let mut pending: Vec<Vec<Arc<str>>> = vec![Vec::new(); reads.len()];
-            for (at, (_, read)) in reads.iter_mut().enumerate() {
-                for peer in read.asked.drain(..) {
-                    by_node.add(&peer, at);
-                    pending[at].push(peer);
-                }
-            }
-            let requests = by_node.requests(|at| reads[at].1.key.len());
-            if requests.is_empty() {
+            let waiting = |(_, read): &(usize, Read), pending: &Vec<Arc<str>>| {
+                !pending.is_empty() && read.good.len() < read.needed
+            };
+            if !reads.iter().zip(&pending).any(|(read, p)| waiting(read, p)) {
                 return;
             }
-            let mut asks: FuturesUnordered<_> = requests
-                .into_iter()
-                .map(|(peer, members)| {
-                    let keys = members.iter().map(|&at| reads[at].1.key.clone()).collect();
-                    let ask = self.read_batch(keyspace, peer.clone(), keys);
-                    ask.map(move |answers| (peer, members, answers))
-                })
-                .collect();
-            let mut slow = false;
-            loop {
-                let answered = match speculate {
-                    Some(after) => match tokio::time::timeout(after, asks.next()).await {
-                        Ok(answered) => answered,
-                        Err(_) => {
-                            speculate = None;
-                            // NOTE: worth it only if a read still waiting has
-                            // another primary to ask (not at ALL).
-                            let movable = pending
-                                .iter()
-                                .zip(reads.iter())
-                                .any(|(slow, (_, read))| !slow.is_empty() && !read.rest.is_empty());
-                            if movable {
-                                slow = true;
-                                break;
+            let answered = match speculate {
+                Some(at) => match tokio::time::timeout_at(at, asks.next()).await {
+                    Ok(answered) => answered,
+                    Err(_) => {
+                        speculate = None;
+                        let mut moved = 0;
+                        for (read, p) in reads.iter_mut().zip(&pending) {
+                            if waiting(read, p) && !read.1.speculated {
+                                moved += speculate_read(&mut read.1, p.len());
                             }
-                            continue;
                         }
-                    },
-                    None => asks.next().await,
-                };
-                let Some((peer, members, answers)) = answered else {
-                    break;
-                };
-                for &at in &members {
-                    pending[at].retain(|p| *p != peer);
-                }
-                self.file_batch(reads, peer, members, answers);
-            }
-            if !slow {
-                return;
-            }
-            let mut moved = 0;
-            for (at, (_, read)) in reads.iter_mut().enumerate() {
-                for slow_peer in pending[at].drain(..) {
-                    if read.rest.is_empty() {
-                        // NOTE: no other primary: the slow one is asked
-                        // again, alone, after the batch.
-                        read.rest.push(slow_peer);
+                        if moved > 0 {
+                            metrics::counter!("ringkv_read_speculations_total").increment(moved);
+                            self.send_batches(keyspace, reads, &mut pending, &mut asks);
+                        }
                         continue;
                     }
-                    read.asked.push(read.rest.remove(0));
-                    read.rest.push(slow_peer);
-                    moved += 1;
-                }
+                },
+                None => asks.next().await,
+            };
+            let Some((peer, members, answers)) = answered else {
+                return;
+            };
+            for &at in &members {
+                pending[at].retain(|p| *p != peer);
             }
-            metrics::counter!("ringkv_read_speculations_total").increment(moved);
+            self.file_batch(reads, peer, members, answers);
+        }
+    }
+
+    /// Sends one [`Request::ReadMany`] per replica for the keys of the
+    /// reads that ask it (`asked`, drained), noting it in `pending`.
+    fn send_batches<'a>(
+        &'a self,
+        keyspace: &'a str,
+        reads: &mut [(usize, Read)],
+        pending: &mut [Vec<Arc<str>>],
+        asks: &mut FuturesUnordered<BoxFuture<'a, BatchAnswer>>,
+    ) {
+        let mut by_node = ByNode::default();
+        for (at, (_, read)) in reads.iter_mut().enumerate() {
+            for peer in read.asked.drain(..) {
+                by_node.add(&peer, at);
+                pending[at].push(peer);
+            }
+        }
+        for (peer, members) in by_node.requests(|at| reads[at].1.key.len()) {
+            let keys = members.iter().map(|&at| reads[at].1.key.clone()).collect();
+            let ask = self.read_batch(keyspace, peer.clone(), keys);
+            asks.push(ask.map(move |answers| (peer, members, answers)).boxed());
         }
     }
 
@@ -201,7 +199,7 @@ impl<T: Transport> QuorumStore<T> {
         reads: &mut [(usize, Read)],
         peer: Arc<str>,
         members: Vec<usize>,
-        (records, failure): (Vec<Option<Bytes>>, Option<(String, bool)>),
+        (records, failure): Records,
     ) {
         let hlc = self.local.hlc();
         let mut asked_alone = 0;
@@ -212,7 +210,9 @@ impl<T: Transport> QuorumStore<T> {
                 (Some(raw), _) => accept_record(hlc, Ok(Response::Record(raw))),
                 (None, Some((why, false))) => Err(why.clone()),
                 (None, _) => {
+                    // NOTE: it answered, so it is up: a spare primary too.
                     read.rest.insert(0, peer.clone());
+                    read.spare += 1;
                     asked_alone += 1;
                     continue;
                 }
@@ -231,12 +231,7 @@ impl<T: Transport> QuorumStore<T> {
     /// The records `peer` holds of `keys`, in order, asking again for those
     /// an answer left out; short when it failed, with why and whether it
     /// answered and refused (`true`) rather than could not be reached.
-    async fn read_batch(
-        &self,
-        keyspace: &str,
-        peer: Arc<str>,
-        keys: Vec<Bytes>,
-    ) -> (Vec<Option<Bytes>>, Option<(String, bool)>) {
+    async fn read_batch(&self, keyspace: &str, peer: Arc<str>, keys: Vec<Bytes>) -> Records {
         let mut records = Vec::with_capacity(keys.len());
         while records.len() < keys.len() {
             let left = keys.len() - records.len();
@@ -264,4 +259,21 @@ impl<T: Transport> QuorumStore<T> {
         }
         (records, None)
     }
+}
+
+/// A replica's records for a batch's keys, in order; short when it failed,
+/// with why and whether it answered and refused (`true`).
+type Records = (Vec<Option<Bytes>>, Option<(String, bool)>);
+
+/// A batch's replica, the reads it carried (indexes) and its records.
+type BatchAnswer = (Arc<str>, Vec<usize>, Records);
+
+/// Read speculation for one read kept waiting on `slow` batches: as many of
+/// its spare primaries, moved to `asked`. Returns how many.
+fn speculate_read(read: &mut Read, slow: usize) -> u64 {
+    read.speculated = true;
+    let moved = slow.min(read.spare);
+    read.asked.extend(read.rest.drain(..moved));
+    read.spare -= moved;
+    moved as u64
 }

@@ -35,11 +35,21 @@ pub(super) struct Batches {
     pub(super) failing_late: parking_lot::Mutex<HashSet<String>>,
     /// Nodes that answer, but only after a second (paused, overloaded).
     pub(super) slow: parking_lot::Mutex<HashSet<String>>,
+    /// Reads (`Read` or `ReadMany`) each node was sent.
+    pub(super) reads_to: parking_lot::Mutex<HashMap<String, usize>>,
 }
 
 impl Transport for TestNet {
     async fn call(&self, to: &PeerId, request: Request) -> Result<Response, NetError> {
         use std::sync::atomic::Ordering::SeqCst;
+        if matches!(request, Request::Read { .. } | Request::ReadMany { .. }) {
+            *self
+                .batches
+                .reads_to
+                .lock()
+                .entry(to.to_owned())
+                .or_default() += 1;
+        }
         match request {
             Request::Read { .. } => self.reads.fetch_add(1, SeqCst),
             Request::ReadMany { .. } => self.batches.sent.fetch_add(1, SeqCst),
@@ -778,8 +788,8 @@ async fn a_read_kept_waiting_by_a_slow_replica_asks_the_next_primary_after_the_s
     );
     let waited = started.elapsed();
     assert!(
-        waited >= std::time::Duration::from_millis(20),
-        "both remotes slow: the speculative batch waits too: {waited:?}"
+        waited >= std::time::Duration::from_secs(1),
+        "both remotes slow: the first slow answer counts: {waited:?}"
     );
     // NOTE: only the remote "k" asks first stays slow.
     c.batches.slow.lock().retain(|node| *node == first);
@@ -793,6 +803,76 @@ async fn a_read_kept_waiting_by_a_slow_replica_asks_the_next_primary_after_the_s
     assert!(
         waited < std::time::Duration::from_secs(1),
         "one remote slow: the batch's keys it held go to the other: {waited:?}"
+    );
+}
+
+/// The primaries of `key` other than `me`, in preference order.
+fn remote_primaries(c: &Cluster, me: usize, key: &[u8]) -> Vec<String> {
+    let placement = c.coordinators[me].placement(0, key).unwrap();
+    let me = format!("n{}", me + 1);
+    placement
+        .primaries
+        .into_iter()
+        .filter(|p| *p != me)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_speculation_asks_each_replica_at_most_once_and_only_spare_ones() {
+    let mut c = cluster(5);
+    // A key n1 holds no replica of: a quorum read needs two remote answers.
+    let key = (0..100u32)
+        .map(|i| format!("key-{i}").into_bytes())
+        .find(|k| remote_primaries(&c, 0, k).len() == 3)
+        .unwrap();
+    c.coordinators[1]
+        .write(0, &key, set(b"v"), QUORUM)
+        .await
+        .unwrap();
+    let remotes = remote_primaries(&c, 0, &key);
+    c.batches.slow.lock().extend(remotes[..2].iter().cloned());
+    let speculating = c
+        .coordinators
+        .remove(0)
+        .with_read_speculation(Some(std::time::Duration::from_millis(20)));
+    let got = speculating.get(0, &key, QUORUM).await.unwrap();
+    assert_eq!(got.unwrap().value, "v");
+    let keys = [Bytes::from(key.clone())];
+    let got = speculating.get_many(0, &keys, QUORUM).await;
+    assert_eq!(got[0].as_ref().unwrap().as_ref().unwrap().value, "v");
+    let reads_to = c.batches.reads_to.lock().clone();
+    for node in &remotes {
+        assert_eq!(
+            reads_to.get(node),
+            Some(&2),
+            "one read and one batch each, no replica asked twice: {reads_to:?}"
+        );
+    }
+
+    // A primary gossip reports down is no spare: the read waits instead.
+    let c = cluster(3);
+    c.coordinators[0]
+        .write(0, b"k", set(b"v"), QUORUM)
+        .await
+        .unwrap();
+    let remotes = remote_primaries(&c, 0, b"k");
+    c.batches.slow.lock().insert(remotes[0].clone());
+    c.gossip_down.lock().insert(remotes[1].clone());
+    c.batches.reads_to.lock().clear();
+    let mut coordinators = c.coordinators;
+    let speculating = coordinators
+        .remove(0)
+        .with_read_speculation(Some(std::time::Duration::from_millis(20)));
+    let started = tokio::time::Instant::now();
+    speculating.get(0, b"k", QUORUM).await.unwrap();
+    speculating
+        .get_many(0, &[Bytes::from_static(b"k")], QUORUM)
+        .await;
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    assert_eq!(
+        c.batches.reads_to.lock().get(&remotes[1]),
+        None,
+        "never asked"
     );
 }
 
