@@ -72,6 +72,20 @@ fn static_layout(config: &Config) -> Result<Layout, StartError> {
         .map_err(|e| StartError::Config(ConfigError::Invalid(format!("cluster layout: {e}"))))
 }
 
+/// The read speculation delay, saying so when a configured one is off
+/// because it is not below the request timeout.
+fn read_speculation(config: &Config) -> Option<Duration> {
+    let speculation = config.cluster.read_speculation();
+    if config.cluster.read_speculation_ms > 0 && speculation.is_none() {
+        tracing::warn!(
+            read_speculation_ms = config.cluster.read_speculation_ms,
+            request_timeout_ms = config.cluster.request_timeout_ms,
+            "read speculation off: its delay is not below the request timeout"
+        );
+    }
+    speculation
+}
+
 /// Refuses a layout other than the one this node's data was placed by
 /// ([`crate::storage::meta`]); records it on the first start. Runs before
 /// the data is opened. The memory engine keeps nothing across starts:
@@ -142,13 +156,6 @@ pub(super) async fn start_cluster(
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
     let transport = cluster_transport(config, &peer_config, faults);
     let layout = static_layout(config)?;
-    if config.cluster.read_speculation_ms > 0 && config.cluster.read_speculation().is_none() {
-        tracing::warn!(
-            read_speculation_ms = config.cluster.read_speculation_ms,
-            request_timeout_ms = config.cluster.request_timeout_ms,
-            "read speculation off: its delay is not below the request timeout"
-        );
-    }
     tracing::info!(
         nodes = config.cluster.nodes.len(),
         partitions = layout.partitions(),
@@ -172,7 +179,7 @@ pub(super) async fn start_cluster(
         .with_hints(hints.clone())
         .with_liveness(is_up.clone())
         .with_background_repair_every(config.cluster.background_read_repair_every)
-        .with_read_speculation(config.cluster.read_speculation()),
+        .with_read_speculation(read_speculation(config)),
     );
     let background = quorum.background_writes();
     let delivery = spawn_hint_delivery(

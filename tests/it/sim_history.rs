@@ -171,62 +171,16 @@ async fn client(
             .map(|i| (wanted + i) % NODES)
             .find(|&i| !down.lock().contains(&name(i)))
             .expect("a node is up");
-        let store = &nodes[node].store;
-        let regime = regimes[key];
-        let raw_key = key_name(key);
         let invoke = Instant::now();
-        let (kind, level_name, value, outcome) = if draw < 5 {
-            let level_name = rng.pick(regime.write_levels());
-            let value = format!("t{task}-{seq}");
-            let consistency = Consistency {
-                read: Level::Quorum,
-                write: level(level_name),
-                sloppy: false,
-            };
-            let cmd = WriteCmd::Set {
-                value: Bytes::from(value.clone()),
-                expiry: ExpiryUpdate::Clear,
-                condition: SetCondition::Always,
-            };
-            let mut result = store.write(0, raw_key.as_bytes(), cmd, consistency).await;
-            if result.is_ok() {
-                // NOTE: as a connection does: acknowledged only once committed.
-                result = store.commit().await.and(result);
-            }
-            (
-                Kind::Write,
-                level_name,
-                Some(value),
-                outcome(result, |_| None),
-            )
-        } else if draw == 5 {
-            // A delete: a write of nil, whether its read found the key or not.
-            let level_name = rng.pick(regime.write_levels());
-            let consistency = Consistency {
-                read: level(rng.pick(regime.read_levels())),
-                write: level(level_name),
-                sloppy: false,
-            };
-            let mut result = store
-                .write(0, raw_key.as_bytes(), WriteCmd::Delete, consistency)
-                .await;
-            if result.is_ok() {
-                result = store.commit().await.and(result);
-            }
-            (Kind::Delete, level_name, None, outcome(result, |_| None))
-        } else {
-            let level_name = rng.pick(regime.read_levels());
-            let consistency = Consistency {
-                read: level(level_name),
-                write: Level::Quorum,
-                sloppy: false,
-            };
-            let result = store.get(0, raw_key.as_bytes(), consistency).await;
-            let read = outcome(result, |entry| {
-                entry.map(|e| String::from_utf8_lossy(&e.value).into_owned())
-            });
-            (Kind::Read, level_name, None, read)
-        };
+        let (kind, level_name, value, outcome) = run_op(
+            &nodes[node].store,
+            &mut rng,
+            regimes[key],
+            key,
+            (task, seq),
+            draw,
+        )
+        .await;
         history.push(Op {
             task,
             seq,
@@ -241,6 +195,121 @@ async fn client(
         });
     }
     history
+}
+
+/// What one operation was and how it ended.
+type Done = (Kind, &'static str, Option<String>, Outcome);
+
+/// Runs one operation on `key` through `store`: a write (`draw` 0-4, of a
+/// value unique to the client's `(task, seq)`), a delete (5) or a read,
+/// at levels drawn from the key's `regime`.
+async fn run_op(
+    store: &QuorumStore<MemTransport>,
+    rng: &mut Rng,
+    regime: Regime,
+    key: usize,
+    (task, seq): (usize, usize),
+    draw: usize,
+) -> Done {
+    let raw_key = key_name(key);
+    if draw == 5 {
+        // A delete: a write of nil, whether its read found the key or not.
+        let level_name = rng.pick(regime.write_levels());
+        let consistency = Consistency {
+            read: level(rng.pick(regime.read_levels())),
+            write: level(level_name),
+            sloppy: false,
+        };
+        let result = write_committed(store, &raw_key, WriteCmd::Delete, consistency).await;
+        return (Kind::Delete, level_name, None, outcome(result, |_| None));
+    }
+    if draw < 5 {
+        let level_name = rng.pick(regime.write_levels());
+        let value = format!("t{task}-{seq}");
+        let consistency = Consistency {
+            read: Level::Quorum,
+            write: level(level_name),
+            sloppy: false,
+        };
+        let cmd = WriteCmd::Set {
+            value: Bytes::from(value.clone()),
+            expiry: ExpiryUpdate::Clear,
+            condition: SetCondition::Always,
+        };
+        let result = write_committed(store, &raw_key, cmd, consistency).await;
+        return (
+            Kind::Write,
+            level_name,
+            Some(value),
+            outcome(result, |_| None),
+        );
+    }
+    let level_name = rng.pick(regime.read_levels());
+    let consistency = Consistency {
+        read: level(level_name),
+        write: Level::Quorum,
+        sloppy: false,
+    };
+    let result = store.get(0, raw_key.as_bytes(), consistency).await;
+    let read = outcome(result, |entry| {
+        entry.map(|e| String::from_utf8_lossy(&e.value).into_owned())
+    });
+    (Kind::Read, level_name, None, read)
+}
+
+/// A write, acknowledged only once committed, as a connection does.
+async fn write_committed(
+    store: &QuorumStore<MemTransport>,
+    key: &str,
+    cmd: WriteCmd,
+    consistency: Consistency,
+) -> Result<(), StoreError> {
+    store.write(0, key.as_bytes(), cmd, consistency).await?;
+    store.commit().await
+}
+
+/// Heals every fault, delivers every node's hints, then reads every key
+/// back through every node at ALL: those reads, for the history.
+async fn heal_and_read_back(net: &MemNetwork, nodes: &[Node], seed: u64) -> Vec<Op> {
+    let mut finals = Vec::with_capacity(NODES * KEYS);
+    net.heal_all();
+    for (i, node) in nodes.iter().enumerate() {
+        let transport = net.transport(&name(i));
+        for target in node.hints.targets() {
+            let report = node
+                .hints
+                .deliver(&target, &transport, usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(report.failed, None, "RINGKV_TEST_SEED={seed}: {report:?}");
+        }
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        for key in 0..KEYS {
+            let all = Consistency {
+                read: Level::All,
+                write: Level::All,
+                sloppy: false,
+            };
+            let invoke = Instant::now();
+            let result = node.store.get(0, key_name(key).as_bytes(), all).await;
+            finals.push(Op {
+                task: FINAL_TASK,
+                seq: i * KEYS + key,
+                node: i,
+                key,
+                kind: Kind::Read,
+                level: "all",
+                value: None,
+                invoke: invoke.into_std(),
+                complete: Instant::now().into_std(),
+                outcome: outcome(result, |entry| {
+                    entry.map(|e| String::from_utf8_lossy(&e.value).into_owned())
+                }),
+            });
+        }
+    }
+    finals
 }
 
 /// One run of `seed`: the history, the victim, and when it was cut off and
@@ -283,45 +352,7 @@ async fn simulate(seed: u64) -> (Vec<Op>, std::time::Instant, usize, Duration, D
     for c in clients {
         history.extend(c.await.expect("a client task panicked"));
     }
-    // Every fault healed; hinted handoff, then every key read back through
-    // every node at ALL.
-    net.heal_all();
-    for (i, node) in nodes.iter().enumerate() {
-        let transport = net.transport(&name(i));
-        for target in node.hints.targets() {
-            let report = node
-                .hints
-                .deliver(&target, &transport, usize::MAX)
-                .await
-                .unwrap();
-            assert_eq!(report.failed, None, "RINGKV_TEST_SEED={seed}: {report:?}");
-        }
-    }
-    for (i, node) in nodes.iter().enumerate() {
-        for key in 0..KEYS {
-            let all = Consistency {
-                read: Level::All,
-                write: Level::All,
-                sloppy: false,
-            };
-            let invoke = Instant::now();
-            let result = node.store.get(0, key_name(key).as_bytes(), all).await;
-            history.push(Op {
-                task: FINAL_TASK,
-                seq: i * KEYS + key,
-                node: i,
-                key,
-                kind: Kind::Read,
-                level: "all",
-                value: None,
-                invoke: invoke.into_std(),
-                complete: Instant::now().into_std(),
-                outcome: outcome(result, |entry| {
-                    entry.map(|e| String::from_utf8_lossy(&e.value).into_owned())
-                }),
-            });
-        }
-    }
+    history.extend(heal_and_read_back(&net, &nodes, seed).await);
     (history, t0.into_std(), victim, kill_at, kill_at + outage)
 }
 
