@@ -697,6 +697,35 @@ pub(crate) fn summary(history: &[Op]) -> String {
     parts.join(", ")
 }
 
+/// Panics unless `history` tested something: successful reads (one
+/// operation in eight, final reads aside), and an acknowledged write and a
+/// successful read within `outage` (invoked and completed in it). The
+/// checker judges only successful reads, so a run whose reads all failed,
+/// or that did nothing while a node was down, would pass untested.
+pub(crate) fn assert_exercised(history: &[Op], outage: (Instant, Instant), seed: u64) {
+    let done = history.iter().filter(|op| op.task != FINAL_TASK).count();
+    let reads_ok = history
+        .iter()
+        .filter(|op| op.task != FINAL_TASK && op.kind == Kind::Read && acked(op))
+        .count();
+    assert!(
+        reads_ok * 8 >= done,
+        "RINGKV_TEST_SEED={seed}: only {reads_ok} of {done} operations were successful reads; {}",
+        summary(history)
+    );
+    let (from, to) = outage;
+    let during = |kind: Kind| {
+        history
+            .iter()
+            .any(|op| op.kind == kind && acked(op) && op.invoke >= from && op.complete <= to)
+    };
+    assert!(
+        during(Kind::Write) && during(Kind::Read),
+        "RINGKV_TEST_SEED={seed}: no write acknowledged or no read answered during the outage; {}",
+        summary(history)
+    );
+}
+
 /// Checks `history` and panics with the first violations, seed first.
 pub(crate) fn assert_no_violations(
     history: &[Op],
