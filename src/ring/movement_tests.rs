@@ -71,6 +71,7 @@ fn bounds_of(q: u32, nodes: &[NodeSpec]) -> Vec<(u32, u32)> {
 }
 
 fn assert_balanced(layout: &Layout) -> Result<(), TestCaseError> {
+    assert_sets_spread(layout)?;
     let counts = held(layout);
     for (i, &(floor, ceiling)) in bounds(layout).iter().enumerate() {
         prop_assert!(
@@ -81,6 +82,37 @@ fn assert_balanced(layout: &Layout) -> Result<(), TestCaseError> {
         );
     }
     assert_prefixes_balanced(layout, &counts)
+}
+
+/// Every replica set holds distinct nodes in as many distinct zones as it
+/// can (a zone-less node is a zone of its own), in every layout a change
+/// produces, not only the first.
+fn assert_sets_spread(layout: &Layout) -> Result<(), TestCaseError> {
+    let (zones, zone_count) = zone_ids(layout.nodes());
+    for p in 0..layout.partitions() as usize {
+        let set = layout.replica_set(p);
+        let mut nodes: Vec<_> = set.to_vec();
+        nodes.sort_unstable();
+        nodes.dedup();
+        prop_assert_eq!(
+            nodes.len(),
+            set.len(),
+            "partition {} repeats a node: {:?}",
+            p,
+            set
+        );
+        let mut in_zones: Vec<u32> = set.iter().map(|&n| zones[usize::from(n)]).collect();
+        in_zones.sort_unstable();
+        in_zones.dedup();
+        prop_assert_eq!(
+            in_zones.len(),
+            set.len().min(zone_count),
+            "partition {} spans too few zones: {:?}",
+            p,
+            set
+        );
+    }
+    Ok(())
 }
 
 /// Without zone constraints (no zones, one zone, or every node a zone of
