@@ -40,6 +40,12 @@ use crate::ring::Layout;
 pub struct MemberView {
     /// Node name.
     pub name: String,
+    /// The node's id in versions (breaks timestamp ties; a hash of the name).
+    #[serde(default)]
+    pub node_id: u32,
+    /// Partitions it holds a replica of in the layout (owned or not).
+    #[serde(default)]
+    pub partitions_held: u32,
     /// Internode address (as gossiped, else as configured).
     pub peer_addr: String,
     /// Zone, if any.
@@ -264,22 +270,23 @@ impl Membership {
         let digest = layout.digest();
         let own = Some((layout.version(), digest));
         let counts = layout.owned_counts();
+        let held = layout.partition_counts();
         let peers = self.peers.read();
         let mut members: Vec<MemberView> = self
             .members
             .iter()
             .map(|m| {
-                let owned = layout
-                    .index_of(&m.name)
-                    .and_then(|i| counts.get(usize::from(i)).copied())
-                    .unwrap_or(0);
+                let index = layout.index_of(&m.name).map(usize::from);
+                let count_of = |counts: &[u32]| index.and_then(|i| counts.get(i).copied());
                 let mut view = MemberView {
                     name: m.name.clone(),
+                    node_id: crate::version::node_id(&m.name),
+                    partitions_held: count_of(&held).unwrap_or(0),
                     peer_addr: m.peer_addr.to_string(),
                     zone: m.zone.clone(),
                     up: true,
                     last_seen_ms_ago: Some(0),
-                    partitions_owned: owned,
+                    partitions_owned: count_of(&counts).unwrap_or(0),
                     gossip_addr: None,
                     resp_addr: None,
                     http_addr: None,

@@ -27,7 +27,7 @@ use crate::resp::codec::DecodeLimits;
 use crate::resp::{RespConfig, RespServer, RespServerHandle};
 use crate::storage::meta::{MetaError, check_partitions};
 use crate::storage::{Engine, FjallEngine, MemoryEngine, StorageError};
-use crate::version::{Clock, Hlc, SystemClock};
+use crate::version::{Clock, Hlc, SystemClock, node_id};
 use cluster::{HintParts, announce_client_addrs, start_cluster};
 
 mod cluster;
@@ -160,11 +160,6 @@ fn repair_view(
             .as_ref()
             .map(|log| anti_entropy_view(log, aae_interval_ms)),
     })
-}
-
-/// The node id used to break timestamp ties: a hash of the node's name.
-fn node_id(name: &str) -> u32 {
-    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) >> 32) as u32
 }
 
 impl Node {
@@ -367,6 +362,8 @@ fn single_node_view(config: &Config, resp_addr: SocketAddr) -> ViewFn {
         partitions: config.cluster.partitions,
         members: vec![MemberView {
             name: config.node.name.clone(),
+            node_id: node_id(&config.node.name),
+            partitions_held: config.cluster.partitions,
             peer_addr: String::new(),
             zone: None,
             up: true,

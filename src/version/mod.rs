@@ -8,4 +8,4 @@ mod hlc;
 mod record;
 
 pub use hlc::{Clock, ClockSkewError, Hlc, ManualClock, OffsetClock, SystemClock, Timestamp};
-pub use record::{NodeId, Payload, Record, RecordError, Version};
+pub use record::{NodeId, Payload, Record, RecordError, Version, node_id};

@@ -17,6 +17,12 @@ use super::Timestamp;
 /// Identifies the node that coordinated a write; breaks timestamp ties.
 pub type NodeId = u32;
 
+/// The id of the node named `name` in versions (a hash of the name): it
+/// breaks ties between equal timestamps, and `cluster status` shows it.
+pub fn node_id(name: &str) -> NodeId {
+    (xxhash_rust::xxh3::xxh3_64(name.as_bytes()) >> 32) as NodeId
+}
+
 /// Millisecond timestamps (48 + 16 bits): read, never written.
 const FORMAT_V1: u8 = 1;
 /// Microsecond timestamps (52 + 12 bits, see [`Timestamp`]).

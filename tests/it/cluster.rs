@@ -373,6 +373,20 @@ async fn a_killed_node_is_seen_down_within_5_s_and_up_within_5_s_of_its_return()
         .map(|m| m["partitions_owned"].as_u64().unwrap())
         .sum();
     assert_eq!(owned, 1024, "{body}");
+    let held: u64 = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["partitions_held"].as_u64().unwrap())
+        .sum();
+    assert_eq!(held, 3 * 1024, "n = 3 replicas of each partition: {body}");
+    let ids: std::collections::HashSet<u64> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["node_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "distinct node ids: {body}");
 
     // Peers are down until gossip hears from them: see node3 up first, or
     // the wait for "down" below would pass without detecting anything.

@@ -117,8 +117,17 @@ fn print_table(view: &ClusterView) {
         view.members.len()
     );
     println!(
-        "{:<16} {:<6} {:<10} {:>10}  {:<22} {:<22} {:<22} {:>6}  LAST SEEN",
-        "NAME", "STATUS", "ZONE", "PARTITIONS", "RESP ADDR", "PEER ADDR", "GOSSIP ADDR", "LAYOUT"
+        "{:<16} {:<8} {:<6} {:<10} {:>6} {:>8}  {:<22} {:<22} {:<22} {:>6}  LAST SEEN",
+        "NAME",
+        "ID",
+        "STATUS",
+        "ZONE",
+        "OWNED",
+        "REPLICAS",
+        "RESP ADDR",
+        "PEER ADDR",
+        "GOSSIP ADDR",
+        "LAYOUT"
     );
     for m in &view.members {
         let seen = m
@@ -131,11 +140,13 @@ fn print_table(view: &ClusterView) {
             layout.push('!');
         }
         println!(
-            "{:<16} {:<6} {:<10} {:>10}  {resp:<22} {:<22} {gossip:<22} {layout:>6}  {seen}",
+            "{:<16} {:08x} {:<6} {:<10} {:>6} {:>8}  {resp:<22} {:<22} {gossip:<22} {layout:>6}  {seen}",
             m.name,
+            m.node_id,
             if m.up { "up" } else { "DOWN" },
             m.zone.as_deref().unwrap_or("-"),
             m.partitions_owned,
+            m.partitions_held,
             if m.peer_addr.is_empty() {
                 "-"
             } else {
