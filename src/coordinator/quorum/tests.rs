@@ -739,13 +739,7 @@ async fn a_read_kept_waiting_by_a_slow_replica_asks_the_next_primary_after_the_s
             .unwrap();
     }
     // NOTE: the remote primary n1 asks first for "k" is the first after n1.
-    let placement = c.coordinators[0].placement(0, b"k").unwrap();
-    let first = placement
-        .primaries
-        .iter()
-        .find(|p| p.as_str() != "n1")
-        .unwrap()
-        .clone();
+    let first = remote_primaries(&c, 0, b"k").remove(0);
     c.batches.slow.lock().insert(first.clone());
     let started = tokio::time::Instant::now();
     let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
@@ -900,13 +894,7 @@ async fn a_read_asks_r_replicas_local_first_and_escalates_on_failure() {
     );
     // NOTE: the remote primary asked first is the first in preference
     // order after n1.
-    let placement = c.coordinators[0].placement(0, b"k").unwrap();
-    let first = placement
-        .primaries
-        .iter()
-        .find(|p| p.as_str() != "n1")
-        .unwrap()
-        .clone();
+    let first = remote_primaries(&c, 0, b"k").remove(0);
     c.down.lock().insert(first.clone());
     c.remote_reads.store(0, SeqCst);
     let got = c.coordinators[0].get(0, b"k", QUORUM).await.unwrap();
