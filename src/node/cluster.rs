@@ -86,15 +86,25 @@ fn read_speculation(config: &Config) -> Option<Duration> {
     speculation
 }
 
-/// Refuses a layout other than the one this node's data was placed by
-/// ([`crate::storage::meta`]); records it on the first start. Runs before
-/// the data is opened. The memory engine keeps nothing across starts:
-/// nothing to check.
-pub(super) fn check_recorded_layout(config: &Config) -> Result<(), StartError> {
-    if config.storage.engine != EngineKind::Fjall || !config.is_clustered() {
-        return Ok(());
+/// The layout of a clustered node (none for a single node), computed once
+/// for the whole start. On fjall it must be the one this node's data was
+/// placed by ([`crate::storage::meta`]; recorded on the first start), so it
+/// is checked before the data is opened. The memory engine keeps nothing
+/// across starts: nothing to check.
+pub(super) fn cluster_layout(config: &Config) -> Result<Option<Layout>, StartError> {
+    if !config.is_clustered() {
+        return Ok(None);
     }
     let layout = static_layout(config)?;
+    if config.storage.engine == EngineKind::Fjall {
+        check_recorded_layout(config, &layout)?;
+    }
+    Ok(Some(layout))
+}
+
+/// Refuses `layout` unless it is the one this node's data was placed by;
+/// records it on the first start.
+fn check_recorded_layout(config: &Config, layout: &Layout) -> Result<(), StartError> {
     let members = config
         .cluster
         .nodes
@@ -147,6 +157,7 @@ pub(super) struct HintParts {
 /// the quorum coordinator.
 pub(super) async fn start_cluster(
     config: &Config,
+    layout: Layout,
     engine: &'static str,
     local: Arc<LocalStore>,
     faults: Option<&Arc<FaultInjector>>,
@@ -155,7 +166,6 @@ pub(super) async fn start_cluster(
     let mut peer_config = PeerConfig::new(config.node.name.clone(), secret.clone());
     peer_config.request_timeout = Duration::from_millis(config.cluster.request_timeout_ms);
     let transport = cluster_transport(config, &peer_config, faults);
-    let layout = static_layout(config)?;
     tracing::info!(
         nodes = config.cluster.nodes.len(),
         partitions = layout.partitions(),

@@ -175,7 +175,7 @@ impl Node {
                 "partition count recorded in the data directory; it is fixed from now on"
             );
         }
-        cluster::check_recorded_layout(&config)?;
+        let layout = cluster::cluster_layout(&config)?;
         let metrics = metrics_handle();
         let engine = open_engine(&config)?;
         let engine_kind = engine.kind();
@@ -197,8 +197,9 @@ impl Node {
                 partitions: config.cluster.partitions,
             },
         );
-        let (resp, peer, membership, aae, cluster_view, hints) = if config.is_clustered() {
-            let parts = start_cluster(&config, engine_kind, store.clone(), faults.as_ref()).await?;
+        let (resp, peer, membership, aae, cluster_view, hints) = if let Some(layout) = layout {
+            let parts =
+                start_cluster(&config, layout, engine_kind, store.clone(), faults.as_ref()).await?;
             (
                 parts.resp,
                 Some(parts.peer),
