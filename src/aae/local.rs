@@ -115,7 +115,7 @@ pub(crate) async fn merge_records(
     records: Vec<(Bytes, Bytes)>,
 ) -> Result<(), StoreError> {
     for (key, raw) in records {
-        store.merge_stored(ks, &key, Record::decode(raw)?)?;
+        store.merge_stored_encoded(ks, &key, Record::decode(raw.clone())?, raw)?;
     }
     store.commit().await
 }

@@ -23,8 +23,7 @@ impl LocalStore {
         key: &[u8],
         record: Record,
     ) -> Result<(), StoreError> {
-        let raw = record.encode();
-        self.merge_stored_encoded(ks, key, record, raw)
+        self.merge_record(ks, key, record, None)
     }
 
     /// [`Self::merge_stored`] of a record whose encoded form the caller
@@ -38,6 +37,18 @@ impl LocalStore {
         record: Record,
         raw: Bytes,
     ) -> Result<(), StoreError> {
+        self.merge_record(ks, key, record, Some(raw))
+    }
+
+    /// The merge of both: `record` is encoded only if it wins and `raw`
+    /// (when given) cannot be stored as it is.
+    fn merge_record(
+        &self,
+        ks: KeyspaceId,
+        key: &[u8],
+        record: Record,
+        raw: Option<Bytes>,
+    ) -> Result<(), StoreError> {
         self.hlc().observe(record.version.timestamp)?;
         self.with_key_lock(ks, key, |storage_key| {
             let old = self.read_record(storage_key)?;
@@ -50,11 +61,9 @@ impl LocalStore {
             }
             // NOTE: a merge returns one of its two records: not the old one,
             // so the incoming one, whose encoding is `raw`.
-            let raw = if merged.is_encoded_as(&raw) {
-                raw
-            } else {
-                merged.encode()
-            };
+            let raw = raw
+                .filter(|raw| merged.is_encoded_as(raw))
+                .unwrap_or_else(|| merged.encode());
             self.replace_locked_encoded(ks, storage_key, old.as_ref(), Some((&merged, raw)))
         })
     }
