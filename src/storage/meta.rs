@@ -136,37 +136,22 @@ pub enum MetaError {
 /// before the file existed). Returns true when it recorded it.
 pub fn check_partitions(data_dir: &Path, partitions: u32) -> Result<bool, MetaError> {
     let path = data_dir.join(META_FILE);
-    let shown = path.display().to_string();
-    let io = |source| MetaError::Io {
-        path: shown.clone(),
-        source,
+    let now = DataDirMeta {
+        format: META_FORMAT,
+        partitions,
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let meta = parse(&text).map_err(|reason| MetaError::Unreadable {
-                path: shown.clone(),
-                reason,
-            })?;
-            if meta.partitions != partitions {
-                return Err(MetaError::PartitionsChanged {
-                    path: shown,
-                    created: meta.partitions,
-                    configured: partitions,
-                });
-            }
-            Ok(false)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir).map_err(io)?;
-            let meta = DataDirMeta {
-                format: META_FORMAT,
-                partitions,
-            };
-            write_atomically(&path, &render(meta)).map_err(io)?;
-            Ok(true)
-        }
-        Err(e) => Err(io(e)),
+    let header = "# Written once when this data directory was created. Do not edit.";
+    let Some(then) = recorded_or_record(data_dir, &path, &now, header)? else {
+        return Ok(true);
+    };
+    if then.partitions != partitions {
+        return Err(MetaError::PartitionsChanged {
+            path: path.display().to_string(),
+            created: then.partitions,
+            configured: partitions,
+        });
     }
+    Ok(false)
 }
 
 /// Checks that `data_dir` holds data placed by `layout`, recording it when
@@ -175,80 +160,94 @@ pub fn check_partitions(data_dir: &Path, partitions: u32) -> Result<bool, MetaEr
 /// recorded it.
 pub(crate) fn check_layout(data_dir: &Path, layout: &LayoutRecord) -> Result<bool, MetaError> {
     let path = data_dir.join(LAYOUT_FILE);
-    let shown = path.display().to_string();
-    let io = |source| MetaError::Io {
-        path: shown.clone(),
-        source,
-    };
     let now = LayoutMeta {
         format: META_FORMAT,
         digest: format!("{:016x}", layout.digest),
         spread: layout.spread,
         members: layout.members.clone(),
     };
-    match std::fs::read_to_string(&path) {
+    let header = "# Written once, when this data directory first served a cluster. Do not edit.";
+    let Some(then) = recorded_or_record(data_dir, &path, &now, header)? else {
+        return Ok(true);
+    };
+    if then.digest == now.digest {
+        return Ok(false);
+    }
+    let path = path.display().to_string();
+    if then.members == now.members && then.spread == now.spread {
+        return Err(MetaError::PlacementChanged {
+            path,
+            members: format!("n = {} [{}]", now.spread, now.members.join(", ")),
+            then: then.digest,
+            now: now.digest,
+        });
+    }
+    let describe = |m: &LayoutMeta| {
+        format!(
+            "{} nodes, n = {} [{}]",
+            m.members.len(),
+            m.spread,
+            m.members.join(", ")
+        )
+    };
+    Err(MetaError::LayoutChanged {
+        path,
+        then: describe(&then),
+        now: describe(&now),
+    })
+}
+
+/// A metadata file's contents: this release reads only [`META_FORMAT`].
+trait Formatted: Serialize + serde::de::DeserializeOwned {
+    fn format(&self) -> u32;
+}
+
+impl Formatted for DataDirMeta {
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+
+impl Formatted for LayoutMeta {
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+
+/// What `path` records, or, when there is no such file yet, `None` after
+/// writing `now` there (under `header`), once and atomically: an existing
+/// file is never rewritten.
+fn recorded_or_record<T: Formatted>(
+    data_dir: &Path,
+    path: &Path,
+    now: &T,
+    header: &str,
+) -> Result<Option<T>, MetaError> {
+    let shown = || path.display().to_string();
+    let io = |source| MetaError::Io {
+        path: shown(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
         Ok(text) => {
-            let then = parse_layout(&text).map_err(|reason| MetaError::Unreadable {
-                path: shown.clone(),
+            let unreadable = |reason| MetaError::Unreadable {
+                path: shown(),
                 reason,
-            })?;
-            if then.digest != now.digest {
-                if then.members == now.members && then.spread == now.spread {
-                    return Err(MetaError::PlacementChanged {
-                        path: shown,
-                        members: format!("n = {} [{}]", now.spread, now.members.join(", ")),
-                        then: then.digest,
-                        now: now.digest,
-                    });
-                }
-                let describe = |m: &LayoutMeta| {
-                    format!(
-                        "{} nodes, n = {} [{}]",
-                        m.members.len(),
-                        m.spread,
-                        m.members.join(", ")
-                    )
-                };
-                return Err(MetaError::LayoutChanged {
-                    path: shown,
-                    then: describe(&then),
-                    now: describe(&now),
-                });
+            };
+            let then: T = toml::from_str(&text).map_err(|e| unreadable(e.message().to_string()))?;
+            if then.format() != META_FORMAT {
+                return Err(unreadable(format!("format {}", then.format())));
             }
-            Ok(false)
+            Ok(Some(then))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(data_dir).map_err(io)?;
-            let body = toml::to_string(&now).expect("strings and integers always serialise");
-            let text = format!(
-                "# Written once, when this data directory first served a cluster. Do not edit.\n{body}"
-            );
-            write_atomically(&path, &text).map_err(io)?;
-            Ok(true)
+            let body = toml::to_string(now).expect("strings and integers always serialise");
+            write_atomically(path, &format!("{header}\n{body}")).map_err(io)?;
+            Ok(None)
         }
         Err(e) => Err(io(e)),
     }
-}
-
-fn parse_layout(text: &str) -> Result<LayoutMeta, String> {
-    let meta: LayoutMeta = toml::from_str(text).map_err(|e| e.message().to_string())?;
-    if meta.format != META_FORMAT {
-        return Err(format!("format {}", meta.format));
-    }
-    Ok(meta)
-}
-
-fn parse(text: &str) -> Result<DataDirMeta, String> {
-    let meta: DataDirMeta = toml::from_str(text).map_err(|e| e.message().to_string())?;
-    if meta.format != META_FORMAT {
-        return Err(format!("format {}", meta.format));
-    }
-    Ok(meta)
-}
-
-fn render(meta: DataDirMeta) -> String {
-    let body = toml::to_string(&meta).expect("two integers always serialise");
-    format!("# Written once when this data directory was created. Do not edit.\n{body}")
 }
 
 /// Writes `text` to `path` so that a crash leaves either no file or the whole
