@@ -472,6 +472,14 @@ mod tests {
         }
     }
 
+    /// Keeps a hint of each of `keys` for `target`, in order.
+    fn queue(hints: &Hints, target: &str, keys: &[&str]) {
+        for key in keys {
+            let kept = hints.add(target, "default", key.as_bytes(), Bytes::from_static(b"r"));
+            assert!(kept.unwrap(), "{key} kept");
+        }
+    }
+
     fn hlc(clock: &Arc<ManualClock>) -> Arc<Hlc> {
         Arc::new(Hlc::new(clock.clone(), 60_000))
     }
@@ -640,15 +648,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let engine = Arc::new(MemoryEngine::new());
         let hints = Hints::open(engine.clone(), config(), hlc(&clock)).unwrap();
-        hints
-            .add("node2", "default", b"a", Bytes::from_static(b"r"))
-            .unwrap();
-        hints
-            .add("node2", "default", b"refuse-me", Bytes::from_static(b"r"))
-            .unwrap();
-        hints
-            .add("node2", "default", b"b", Bytes::from_static(b"r"))
-            .unwrap();
+        queue(&hints, "node2", &["a", "refuse-me", "b"]);
         // A hint of an unknown format (a newer version, or damage).
         let mut raw_key = queue_prefix("node2");
         raw_key.extend_from_slice(&u64::MAX.to_be_bytes());
@@ -681,15 +681,7 @@ mod tests {
     async fn a_target_that_lost_its_fsync_keeps_its_hints_for_after_its_restart() {
         let clock = Arc::new(ManualClock::new(1_000_000));
         let hints = Hints::open(Arc::new(MemoryEngine::new()), config(), hlc(&clock)).unwrap();
-        hints
-            .add("node2", "default", b"a", Bytes::from_static(b"r"))
-            .unwrap();
-        hints
-            .add("node2", "default", b"lost-fsync", Bytes::from_static(b"r"))
-            .unwrap();
-        hints
-            .add("node2", "default", b"b", Bytes::from_static(b"r"))
-            .unwrap();
+        queue(&hints, "node2", &["a", "lost-fsync", "b"]);
         let net = Recorder::default();
         *net.up.lock() = true;
         let report = hints.deliver("node2", &net, 100).await.unwrap();
